@@ -1,0 +1,152 @@
+"""The one place that builds Secrets Manager clients, for the backend and the hook.
+
+Clients are built lazily, one per region (Secrets Manager does not route by
+ARN), and kept at module level keyed by the AWS identity they act as, because
+Airflow builds backend instances often and each new one must not pay for a
+new session.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+__all__ = ["AWS_CONNECTION_KWARGS", "RegionalClients", "clients_for_settings", "identity_of"]
+
+#: backend kwargs that describe how to reach AWS; the same names the Amazon
+#: provider's SecretsManagerBackend accepts
+AWS_CONNECTION_KWARGS = (
+    "region_name",
+    "endpoint_url",
+    "role_arn",
+    "assume_role_method",
+    "assume_role_kwargs",
+    "profile_name",
+    "verify",
+    "config_kwargs",
+    "aws_access_key_id",
+    "aws_secret_access_key",
+    "aws_session_token",
+    "service_config",
+)
+
+# Environment that changes who the default credential chain acts as, or where
+# it sends requests. Part of the identity so that two workers' processes with
+# different credentials never share cache entries.
+_IDENTITY_ENV = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_PROFILE",
+    "AWS_ROLE_ARN",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_DEFAULT_REGION",
+    "AWS_REGION",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_SECRETS_MANAGER",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+)
+
+
+def identity_of(description: Mapping[str, Any]) -> str:
+    """A short stable digest of who we act as and where we send requests.
+
+    Secret material in ``description`` (a secret access key) only ever enters
+    the digest, never a log line.
+    """
+    payload = {
+        "settings": dict(description),
+        "env": {name: os.environ.get(name) for name in _IDENTITY_ENV},
+    }
+    blob = json.dumps(payload, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:24]
+
+
+class RegionalClients:
+    """Secrets Manager clients for one AWS identity, one per region, built on first use.
+
+    :param make_client: builds a client for a region (``None``: the default region)
+    :param default_region: the region plain secret names are looked up in
+    :param identity: digest of the identity, part of every cache key
+    """
+
+    def __init__(self, make_client: Callable[[str | None], Any], default_region: str | None, identity: str) -> None:
+        self._make_client = make_client
+        self.default_region = default_region
+        self.identity = identity
+        self._clients: dict[str | None, Any] = {}
+        self._lock = threading.Lock()
+
+    def region_for(self, region: str | None) -> str | None:
+        """The region a request goes to: the ARN's, else the default."""
+        return region or self.default_region
+
+    def client(self, region: str | None) -> Any:
+        """The client for ``region``, built once."""
+        region = self.region_for(region)
+        client = self._clients.get(region)
+        if client is None:
+            with self._lock:
+                client = self._clients.get(region)
+                if client is None:
+                    client = self._clients[region] = self._make_client(region)
+        return client
+
+
+_REGISTRY: dict[str, RegionalClients] = {}
+_REGISTRY_LOCK = threading.Lock()
+
+
+def clients_for_settings(settings: Mapping[str, Any]) -> RegionalClients:
+    """Clients built as the provider's ``SecretsManagerBackend`` builds them, shared per identity.
+
+    :param settings: the backend's AWS kwargs (see :data:`AWS_CONNECTION_KWARGS`)
+    """
+    settings = {k: v for k, v in settings.items() if v is not None}
+    identity = identity_of(settings)
+    with _REGISTRY_LOCK:
+        clients = _REGISTRY.get(identity)
+        if clients is None:
+            clients = _REGISTRY[identity] = _build_from_settings(settings, identity)
+        return clients
+
+
+def _build_from_settings(settings: dict[str, Any], identity: str) -> RegionalClients:
+    from airflow.providers.amazon.aws.hooks.base_aws import SessionFactory
+    from airflow.providers.amazon.aws.utils.connection_wrapper import AwsConnectionWrapper
+
+    conn_config = AwsConnectionWrapper.from_connection_metadata(
+        conn_id="SecretsManagerRefsBackend__connection", extra=dict(settings)
+    )
+    session_lock = threading.Lock()
+    session_holder: list[Any] = []
+
+    def session() -> Any:
+        # One session (one set of credentials, one assume-role) for all regions.
+        with session_lock:
+            if not session_holder:
+                session_holder.append(SessionFactory(conn=conn_config).create_session())
+            return session_holder[0]
+
+    def make_client(region: str | None) -> Any:
+        # The provider's own backend drops the botocore config here; we pass it
+        # so retry modes and timeouts from config_kwargs take effect.
+        kwargs: dict[str, Any] = {
+            "region_name": region or conn_config.region_name,
+            "endpoint_url": conn_config.get_service_endpoint_url("secretsmanager"),
+            "config": conn_config.botocore_config,
+        }
+        if conn_config.verify is not None:
+            kwargs["verify"] = conn_config.verify
+        return session().client("secretsmanager", **{k: v for k, v in kwargs.items() if v is not None})
+
+    return RegionalClients(make_client, conn_config.region_name, identity)
+
+
+def reset_clients() -> None:
+    """Forget every client (tests, and after credentials change)."""
+    with _REGISTRY_LOCK:
+        _REGISTRY.clear()

@@ -1,0 +1,159 @@
+"""Expanding references in connection fields, extras and variable values (DESIGN §2).
+
+Expansion works on parsed data: ``extra`` is parsed as JSON, string values at
+any depth are expanded, and the result is serialised again, so a secret
+holding quotes, backslashes or newlines changes nothing but its own value.
+A resolved value is spliced in as it is and never scanned again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from airflow_sm_refs._exceptions import ReferenceSyntaxError, SecretReferenceError
+from airflow_sm_refs.reference import SecretReference, has_reference, split_references
+from airflow_sm_refs.resolver import SecretResolver
+
+__all__ = ["CONNECTION_FIELDS", "Expansion", "connection_has_references", "expand_connection"]
+
+log = logging.getLogger("airflow_sm_refs")
+
+#: the plain string fields of a connection that may hold references
+CONNECTION_FIELDS = ("host", "schema", "login", "password")
+
+#: ``resolve(reference, field) -> value``
+Resolve = Callable[[SecretReference, str], str]
+
+
+def _default_mask(value: str) -> None:
+    from airflow.sdk.log import mask_secret
+
+    mask_secret(value)
+
+
+class Expansion:
+    """Expands the references of one connection or variable, for one resolver.
+
+    :param resolver: resolves references to values
+    :param owner: what is being expanded, for errors and logs (``connection 'x'``)
+    :param conn_id: the connection id, for error attributes
+    :param mask: registers a value with Airflow's secrets masker
+    :param check: called with each reference before it is resolved (the allowlist)
+    """
+
+    def __init__(
+        self,
+        resolver: SecretResolver,
+        *,
+        conn_id: str | None = None,
+        kind: str = "connection",
+        mask: Callable[[str], None] = _default_mask,
+        check: Callable[[SecretReference], None] | None = None,
+    ) -> None:
+        self.resolver = resolver
+        self.conn_id = conn_id
+        self.kind = kind
+        self.mask = mask
+        self.check = check
+        self.references = 0
+
+    def resolve(self, ref: SecretReference, field: str) -> str:
+        """Resolve one reference found in ``field``; mask and log it."""
+        self.references += 1
+        try:
+            if self.check is not None:
+                self.check(ref)
+            resolved = self.resolver.resolve(ref)
+        except SecretReferenceError as exc:
+            log.error(
+                "%s %r field %r: reference %s failed: %s",
+                self.kind,
+                self.conn_id,
+                field,
+                ref.text,
+                exc.detail,
+            )
+            raise exc.located(conn_id=self.conn_id, field=field) from None
+        # Masked before anything else can print it, spliced or not, whatever
+        # the key it sits under.
+        self.mask(resolved.value)
+        log.info(
+            "%s %r field %r: resolved %s (%s) from %s in %.1f ms",
+            self.kind,
+            self.conn_id,
+            field,
+            ref.secret_id if not ref.key else f"{ref.secret_id} key {ref.key!r}",
+            ref.version_label,
+            resolved.source,
+            resolved.seconds * 1000,
+        )
+        return resolved.value
+
+    def text(self, value: str, field: str) -> str:
+        """Expand every reference in one string."""
+        if not has_reference(value):
+            return value
+        try:
+            segments = split_references(value)
+        except ReferenceSyntaxError as exc:
+            raise exc.located(conn_id=self.conn_id, field=field) from None
+        return "".join(seg if isinstance(seg, str) else self.resolve(seg, field) for seg in segments)
+
+    def json_value(self, value: Any, path: str) -> Any:
+        """Expand string values at any depth of parsed JSON; keys are left alone."""
+        if isinstance(value, str):
+            return self.text(value, path)
+        if isinstance(value, dict):
+            return {k: self.json_value(v, f"{path}.{k}") for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.json_value(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return value
+
+    def extra(self, extra: str) -> str:
+        """Expand the connection's ``extra`` JSON and serialise it again."""
+        if not has_reference(extra):
+            return extra
+        try:
+            document = json.loads(extra)
+        except ValueError:
+            raise ReferenceSyntaxError(
+                "extra holds a reference but is not valid JSON; references in extra are only "
+                "expanded in JSON string values",
+                conn_id=self.conn_id,
+                field="extra",
+            ) from None
+        return json.dumps(self.json_value(document, "extra"))
+
+
+def connection_has_references(conn: Any) -> bool:
+    """Whether any field of ``conn`` claims to hold a reference."""
+    values = [getattr(conn, name, None) for name in CONNECTION_FIELDS] + [getattr(conn, "extra", None)]
+    return any(isinstance(v, str) and has_reference(v) for v in values)
+
+
+def expand_connection(conn: Any, expansion: Expansion, conn_class: type | None = None) -> Any:
+    """Return ``conn`` with every reference expanded: a new object, or ``conn`` itself if it has none.
+
+    :param conn: an Airflow connection (Task SDK or core model)
+    :param expansion: resolves, masks and logs the references
+    :param conn_class: the class to build the result as (default: the class of ``conn``)
+    """
+    if not connection_has_references(conn):
+        return conn
+    fields: dict[str, Any] = {}
+    for name in CONNECTION_FIELDS:
+        value = getattr(conn, name, None)
+        fields[name] = expansion.text(value, name) if isinstance(value, str) else value
+    extra = getattr(conn, "extra", None)
+    fields["extra"] = expansion.extra(extra) if isinstance(extra, str) else extra
+    cls = conn_class or type(conn)
+    return cls(
+        conn_id=conn.conn_id,
+        conn_type=conn.conn_type,
+        description=getattr(conn, "description", None),
+        port=conn.port,
+        **fields,
+    )

@@ -1,0 +1,101 @@
+"""Fetching one secret from AWS Secrets Manager, and naming what went wrong.
+
+The fetcher knows nothing of expiry: it makes one ``GetSecretValue`` call
+(botocore's retry mode applies inside it) and turns failures into this
+package's errors, classified as permanent or transient.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from airflow_sm_refs._aws import RegionalClients
+from airflow_sm_refs._exceptions import (
+    SecretAccessDeniedError,
+    SecretFetchError,
+    SecretNotFoundError,
+    SecretTransientError,
+)
+from airflow_sm_refs.reference import SecretReference
+
+__all__ = ["SecretPayload", "fetch_secret"]
+
+_NOT_FOUND = {"ResourceNotFoundException", "InvalidRequestException"}
+_DENIED = {
+    "AccessDeniedException",
+    "AccessDenied",
+    "DecryptionFailure",
+    "KMSAccessDeniedException",
+    "KMSDisabledException",
+    "KMSInvalidStateException",
+    "UnrecognizedClientException",
+    "InvalidSignatureException",
+    "ExpiredTokenException",
+}
+_TRANSIENT = {
+    "ThrottlingException",
+    "Throttling",
+    "TooManyRequestsException",
+    "RequestLimitExceeded",
+    "InternalServiceError",
+    "InternalFailure",
+    "ServiceUnavailable",
+    "RequestTimeout",
+    "RequestTimeoutException",
+}
+
+
+@dataclass(frozen=True)
+class SecretPayload:
+    """What AWS returned for one version of a secret. ``repr`` never shows the value."""
+
+    arn: str
+    version_id: str
+    string: str | None
+    binary: bytes | None
+
+    def __repr__(self) -> str:
+        kind = "string" if self.string is not None else "binary"
+        return f"SecretPayload(arn={self.arn!r}, version_id={self.version_id!r}, {kind}=<hidden>)"
+
+
+def fetch_secret(clients: RegionalClients, ref: SecretReference) -> SecretPayload:
+    """Make one ``GetSecretValue`` call for ``ref``.
+
+    :raises SecretNotFoundError: the secret or version does not exist (or is deleted)
+    :raises SecretAccessDeniedError: not allowed, or not decryptable
+    :raises SecretTransientError: throttling, 5xx, timeout or connection failure after retries
+    """
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    request: dict[str, Any] = {"SecretId": ref.secret_id}
+    if ref.version_id:
+        request["VersionId"] = ref.version_id
+    elif ref.version_stage:
+        request["VersionStage"] = ref.version_stage
+    where = f"secret {ref.secret_id!r} ({ref.version_label}) in {clients.region_for(ref.region) or 'the default region'}"
+    try:
+        response = clients.client(ref.region).get_secret_value(**request)
+    except ClientError as exc:
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        # AWS's message names the secret and the principal, never the value.
+        message = f"{where}: {code or 'error'}: {error.get('Message', '')}".rstrip(": ")
+        if code in _NOT_FOUND:
+            raise SecretNotFoundError(message, reference=ref.text) from None
+        if code in _DENIED:
+            raise SecretAccessDeniedError(message, reference=ref.text) from None
+        if code in _TRANSIENT or status >= 500 or status == 429:
+            raise SecretTransientError(message, reference=ref.text) from None
+        raise SecretFetchError(message, reference=ref.text) from None
+    except BotoCoreError as exc:
+        # Connection errors, timeouts and the like: the request may succeed later.
+        raise SecretTransientError(f"{where}: {type(exc).__name__}: {exc}", reference=ref.text) from None
+    return SecretPayload(
+        arn=response.get("ARN", ref.secret_id),
+        version_id=response.get("VersionId", ""),
+        string=response.get("SecretString"),
+        binary=response.get("SecretBinary"),
+    )

@@ -1,0 +1,171 @@
+"""Turning a parsed reference into its value: cache in front, AWS behind.
+
+``SecretResolver`` is what the backend and the hook share. It asks the
+in-process cache (and, when one is configured, the per-worker cache) for the
+secret's payload, fetches from AWS on a miss, then reads the key out of the
+payload. Key extraction happens after the cache, so tokens naming different
+keys of one secret cost one fetch.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from airflow_sm_refs._aws import RegionalClients
+from airflow_sm_refs._exceptions import SecretFetchError, SecretKeyError
+from airflow_sm_refs.cache import TTLCache
+from airflow_sm_refs.fetch import SecretPayload, fetch_secret
+from airflow_sm_refs.reference import SecretReference
+
+__all__ = ["SecretResolver", "PROCESS_CACHE", "ResolvedSecret", "clear_process_cache"]
+
+log = logging.getLogger("airflow_sm_refs")
+
+#: the in-process tier, shared by every backend and hook instance in the process
+PROCESS_CACHE: TTLCache[SecretPayload] = TTLCache(maxsize=1024)
+
+DEFAULT_CACHE_TTL_SECONDS = 300.0
+DEFAULT_STALE_IF_ERROR_SECONDS = 300.0
+
+
+def clear_process_cache() -> None:
+    """Empty the in-process tier."""
+    PROCESS_CACHE.clear()
+
+
+class SharedTier(Protocol):
+    """The per-worker tier, as the resolver sees it."""
+
+    def get_or_fetch(
+        self, key: tuple[str, ...], fetch: Callable[[], SecretPayload], *, ttl: float, stale_if_error: float
+    ) -> tuple[SecretPayload, str]: ...
+
+
+@dataclass(frozen=True)
+class ResolvedSecret:
+    """A value and where it came from (``aws``, ``worker cache``, ``process cache``)."""
+
+    value: str = field(repr=False)
+    source: str
+    seconds: float
+
+
+def _is_transient(exc: BaseException) -> bool:
+    return isinstance(exc, SecretFetchError) and exc.transient
+
+
+@dataclass
+class SecretResolver:
+    """Resolves references for one AWS identity.
+
+    :param clients: Secrets Manager clients for the identity
+    :param cache_ttl_seconds: how long a fetched value is served before it is fetched again
+    :param stale_if_error_seconds: how long past expiry a value may still be served when
+        AWS fails for a transient reason
+    :param cache: the in-process tier (tests inject one with a fake clock)
+    :param shared: the per-worker tier, or ``None`` when it is off
+    """
+
+    clients: RegionalClients
+    cache_ttl_seconds: float = DEFAULT_CACHE_TTL_SECONDS
+    stale_if_error_seconds: float = DEFAULT_STALE_IF_ERROR_SECONDS
+    cache: TTLCache[SecretPayload] = field(default_factory=lambda: PROCESS_CACHE)
+    shared: SharedTier | None = None
+    _local: threading.local = field(default_factory=threading.local, repr=False)
+
+    def cache_key(self, ref: SecretReference) -> tuple[str, ...]:
+        """(identity, region, secret, version): what one cache entry holds."""
+        version = f"id:{ref.version_id}" if ref.version_id else f"stage:{ref.version_stage or 'AWSCURRENT'}"
+        region = self.clients.region_for(ref.region) or ""
+        return (self.clients.identity, region, ref.secret_id, version)
+
+    def payload(self, ref: SecretReference) -> tuple[SecretPayload, str]:
+        """The secret's payload for ``ref`` and where it came from."""
+        key = self.cache_key(ref)
+        fetched_from = ["aws"]
+
+        def load() -> SecretPayload:
+            if self.shared is not None:
+                payload, source = self.shared.get_or_fetch(
+                    key,
+                    lambda: fetch_secret(self.clients, ref),
+                    ttl=self.cache_ttl_seconds,
+                    stale_if_error=self.stale_if_error_seconds,
+                )
+                fetched_from[0] = source
+                return payload
+            return fetch_secret(self.clients, ref)
+
+        result = self.cache.get_or_load(
+            key,
+            load,
+            ttl=self.cache_ttl_seconds,
+            stale_if_error=self.stale_if_error_seconds,
+            is_transient=_is_transient,
+        )
+        if result.source == "hit":
+            return result.value, "process cache"
+        if result.source == "stale":
+            log.warning(
+                "Serving the expired cached value of %s (%s) for up to %ss more: AWS failed: %s",
+                ref.secret_id,
+                ref.version_label,
+                self.stale_if_error_seconds,
+                result.error,
+            )
+            return result.value, "process cache (stale)"
+        return result.value, fetched_from[0]
+
+    def resolve(self, ref: SecretReference) -> ResolvedSecret:
+        """The value ``ref`` names: the whole secret, or one key of its JSON.
+
+        :raises SecretReferenceError: (a subclass) when it cannot be resolved
+        """
+        started = time.perf_counter()
+        payload, source = self.payload(ref)
+        value = extract_value(ref, payload)
+        return ResolvedSecret(value, source, time.perf_counter() - started)
+
+
+def extract_value(ref: SecretReference, payload: SecretPayload) -> str:
+    """Read ``ref.key`` out of ``payload``; the whole secret when the key is empty.
+
+    :raises SecretKeyError: the key is missing, or the secret is not a JSON object
+    """
+    if payload.string is None:
+        binary = payload.binary or b""
+        if ref.key:
+            raise SecretKeyError(
+                f"key {ref.key!r} asked of secret {ref.secret_id!r}, which holds binary data (SecretBinary); "
+                "use the whole-secret form {{workato:sm::<secret-id>}} to get it base64-encoded",
+                reference=ref.text,
+            )
+        return base64.b64encode(binary).decode("ascii")
+    if not ref.key:
+        return payload.string
+    try:
+        document: Any = json.loads(payload.string)
+    except ValueError:
+        document = None
+    if not isinstance(document, dict):
+        raise SecretKeyError(
+            f"key {ref.key!r} asked of secret {ref.secret_id!r}, whose value is not a JSON object; "
+            "use an empty key ({{workato:sm::<secret-id>}}) for a plaintext secret",
+            reference=ref.text,
+        )
+    if ref.key not in document:
+        raise SecretKeyError(
+            f"secret {ref.secret_id!r} ({ref.version_label}) has no key {ref.key!r}", reference=ref.text
+        )
+    value = document[ref.key]
+    if isinstance(value, str):
+        return value
+    # Numbers, booleans, nested objects: their JSON text (a port 5432 becomes "5432").
+    return json.dumps(value)

@@ -1,0 +1,191 @@
+"""A moto server on loopback, behind a small proxy that counts and can break requests.
+
+The proxy is what lets tests and benchmarks say how many AWS calls were made
+(counted at the server side, whatever process made them) and make AWS
+throttle or fail on purpose, while every request is still served by the real
+moto server over HTTP.
+"""
+
+from __future__ import annotations
+
+import collections
+import http.client
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+FAKE_ACCESS_KEY_ID = "testing"
+FAKE_SECRET_ACCESS_KEY = "testing"  # noqa: S105 - moto accepts any credentials
+
+
+@dataclass(frozen=True)
+class InjectedFault:
+    """A response the proxy returns instead of forwarding a request."""
+
+    status: int
+    code: str
+    message: str = "injected by the test stand-in"
+
+
+THROTTLING = InjectedFault(400, "ThrottlingException", "Rate exceeded")
+INTERNAL_ERROR = InjectedFault(500, "InternalServiceError", "injected 5xx")
+ACCESS_DENIED = InjectedFault(400, "AccessDeniedException", "not authorized")
+
+
+class _ProxyHandler(BaseHTTPRequestHandler):
+    server: _ProxyServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        pass  # keep test output clean
+
+    def _forward(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        target = self.headers.get("X-Amz-Target", "")
+        action = target.rsplit(".", 1)[-1] if target else f"{self.command} {self.path}"
+        fault = self.server.stand_in._record(action)
+        if fault is not None:
+            payload = json.dumps({"__type": fault.code, "message": fault.message}).encode()
+            self.send_response(fault.status)
+            self.send_header("Content-Type", "application/x-amz-json-1.1")
+            self.send_header("x-amzn-ErrorType", fault.code)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+            return
+        upstream = http.client.HTTPConnection("127.0.0.1", self.server.stand_in.moto_port, timeout=30)
+        try:
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection", "keep-alive")}
+            upstream.request(self.command, self.path, body=body, headers=headers)
+            response = upstream.getresponse()
+            data = response.read()
+        finally:
+            upstream.close()
+        self.send_response(response.status)
+        for key, value in response.getheaders():
+            if key.lower() not in ("transfer-encoding", "connection", "content-length", "server", "date"):
+                self.send_header(key, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _forward
+
+
+class _ProxyServer(ThreadingHTTPServer):
+    daemon_threads = True
+    stand_in: AwsStandIn
+
+
+class AwsStandIn:
+    """Moto on 127.0.0.1 with a counting, fault-injecting proxy in front of it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._calls: collections.Counter[str] = collections.Counter()
+        self._faults: collections.deque[InjectedFault] = collections.deque()
+        self._fail_all: InjectedFault | None = None
+        self._moto = None
+        self._proxy: _ProxyServer | None = None
+        self.moto_port = 0
+
+    # lifecycle -----------------------------------------------------------
+    def start(self) -> AwsStandIn:
+        """Start moto and the proxy, each on a free loopback port."""
+        import logging
+
+        from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+
+        self._moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self._moto.start()
+        self.moto_port = self._moto.get_host_and_port()[1]
+        self._proxy = _ProxyServer(("127.0.0.1", 0), _ProxyHandler)
+        self._proxy.stand_in = self
+        threading.Thread(target=self._proxy.serve_forever, daemon=True, name="aws-stand-in").start()
+        return self
+
+    def stop(self) -> None:
+        """Stop the proxy and moto."""
+        if self._proxy is not None:
+            self._proxy.shutdown()
+            self._proxy.server_close()
+        if self._moto is not None:
+            self._moto.stop()
+
+    def __enter__(self) -> AwsStandIn:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def endpoint_url(self) -> str:
+        """The URL clients should use: the proxy, so calls are counted."""
+        assert self._proxy is not None, "start() first"
+        return f"http://127.0.0.1:{self._proxy.server_address[1]}"
+
+    def reset(self) -> None:
+        """Forget all state in moto, the counters and any pending faults."""
+        import urllib.request
+
+        urllib.request.urlopen(  # noqa: S310 - loopback only
+            urllib.request.Request(f"http://127.0.0.1:{self.moto_port}/moto-api/reset", method="POST")
+        ).read()
+        with self._lock:
+            self._calls.clear()
+            self._faults.clear()
+            self._fail_all = None
+
+    # counting ------------------------------------------------------------
+    def _record(self, action: str) -> InjectedFault | None:
+        with self._lock:
+            self._calls[action] += 1
+            if self._faults:
+                return self._faults.popleft()
+            return self._fail_all
+
+    def calls(self, action: str = "GetSecretValue") -> int:
+        """How many requests for ``action`` reached the stand-in (including failed ones)."""
+        with self._lock:
+            return self._calls[action]
+
+    def reset_counts(self) -> None:
+        """Zero the counters, keeping moto's data."""
+        with self._lock:
+            self._calls.clear()
+
+    # faults --------------------------------------------------------------
+    def fail_next(self, fault: InjectedFault, times: int = 1) -> None:
+        """Answer the next ``times`` requests with ``fault`` instead of forwarding them."""
+        with self._lock:
+            self._faults.extend([fault] * times)
+
+    @contextmanager
+    def failing(self, fault: InjectedFault) -> Iterator[None]:
+        """Answer every request with ``fault`` while the block runs."""
+        with self._lock:
+            self._fail_all = fault
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._fail_all = None
+
+    # convenience ---------------------------------------------------------
+    def client(self, service: str = "secretsmanager", region_name: str = "us-east-1"):  # noqa: ANN201
+        """A boto3 client that talks to moto directly (not counted)."""
+        import boto3
+
+        return boto3.client(
+            service,
+            region_name=region_name,
+            endpoint_url=f"http://127.0.0.1:{self.moto_port}",
+            aws_access_key_id=FAKE_ACCESS_KEY_ID,
+            aws_secret_access_key=FAKE_SECRET_ACCESS_KEY,
+        )
