@@ -96,7 +96,7 @@ class TTLCache(Generic[V]):
         key: Hashable,
         loader: Callable[[], V],
         *,
-        ttl: float,
+        ttl: float | Callable[[], float],
         stale_if_error: float = 0.0,
         is_transient: Callable[[BaseException], bool] = lambda exc: False,
     ) -> CacheResult[V]:
@@ -107,7 +107,9 @@ class TTLCache(Generic[V]):
         expiry, that value is returned with source ``"stale"``. Any other
         failure drops the entry and is raised to every waiting caller.
 
-        :param ttl: seconds a loaded value stays fresh (before jitter); 0 disables caching
+        :param ttl: seconds a loaded value stays fresh (before jitter); 0 disables caching.
+            A callable is asked after the load, for a loader that learns the
+            remaining lifetime of what it loaded (an entry from the worker tier).
         """
         with self._lock:
             now = self.timer()
@@ -141,7 +143,7 @@ class TTLCache(Generic[V]):
         self,
         key: Hashable,
         loader: Callable[[], V],
-        ttl: float,
+        ttl: float | Callable[[], float],
         stale_if_error: float,
         is_transient: Callable[[BaseException], bool],
     ) -> CacheResult[V]:
@@ -155,6 +157,8 @@ class TTLCache(Generic[V]):
                     return CacheResult(entry.value, "stale", exc)
                 self._entries.pop(key, None)
             raise
+        if callable(ttl):
+            ttl = ttl()
         if ttl > 0:
             with self._lock:
                 now = self.timer()

@@ -45,7 +45,9 @@ class SharedTier(Protocol):
 
     def get_or_fetch(
         self, key: tuple[str, ...], fetch: Callable[[], SecretPayload], *, ttl: float, stale_if_error: float
-    ) -> tuple[SecretPayload, str]: ...
+    ) -> tuple[SecretPayload, str, float]:
+        """Return the payload, its source (``aws``, ``worker cache``...) and its remaining lifetime in seconds."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -90,23 +92,27 @@ class SecretResolver:
         """The secret's payload for ``ref`` and where it came from."""
         key = self.cache_key(ref)
         fetched_from = ["aws"]
+        # An entry read from the worker tier keeps that entry's expiry, so a
+        # value is never served past cache_ttl_seconds from its fetch.
+        lifetime = [self.cache_ttl_seconds]
 
         def load() -> SecretPayload:
             if self.shared is not None:
-                payload, source = self.shared.get_or_fetch(
+                payload, source, remaining = self.shared.get_or_fetch(
                     key,
                     lambda: fetch_secret(self.clients, ref),
                     ttl=self.cache_ttl_seconds,
                     stale_if_error=self.stale_if_error_seconds,
                 )
                 fetched_from[0] = source
+                lifetime[0] = max(0.0, min(remaining, self.cache_ttl_seconds))
                 return payload
             return fetch_secret(self.clients, ref)
 
         result = self.cache.get_or_load(
             key,
             load,
-            ttl=self.cache_ttl_seconds,
+            ttl=lambda: lifetime[0],
             stale_if_error=self.stale_if_error_seconds,
             is_transient=_is_transient,
         )
