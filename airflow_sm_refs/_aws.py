@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["AWS_CONNECTION_KWARGS", "RegionalClients", "clients_for_settings", "identity_of"]
+__all__ = ["AWS_CONNECTION_KWARGS", "RegionalClients", "clients_for_settings", "identity_of", "quiet_secret_bodies"]
 
 #: backend kwargs that describe how to reach AWS; the same names the Amazon
 #: provider's SecretsManagerBackend accepts
@@ -96,6 +97,34 @@ class RegionalClients:
         return client
 
 
+class _DropSecretBodies(logging.Filter):
+    """Drop botocore's DEBUG dump of a response body that carries a secret value."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.DEBUG:
+            return True
+        try:
+            text = record.getMessage()
+        except Exception:  # noqa: BLE001 - a record we cannot render is not ours to judge
+            return True
+        return not ("SecretString" in text or "SecretBinary" in text)
+
+
+_BODY_FILTER = _DropSecretBodies()
+
+
+def quiet_secret_bodies() -> None:
+    """Keep secret values out of botocore's DEBUG logs (it logs whole response bodies).
+
+    Airflow's masker cannot help here: botocore logs the body before the
+    value is known, let alone registered.
+    """
+    for name in ("botocore.parsers", "botocore.endpoint", "botocore.hooks", "urllib3.connectionpool"):
+        logger = logging.getLogger(name)
+        if _BODY_FILTER not in logger.filters:
+            logger.addFilter(_BODY_FILTER)
+
+
 _REGISTRY: dict[str, RegionalClients] = {}
 _REGISTRY_LOCK = threading.Lock()
 
@@ -105,6 +134,7 @@ def clients_for_settings(settings: Mapping[str, Any]) -> RegionalClients:
 
     :param settings: the backend's AWS kwargs (see :data:`AWS_CONNECTION_KWARGS`)
     """
+    quiet_secret_bodies()
     settings = {k: v for k, v in settings.items() if v is not None}
     identity = identity_of(settings)
     with _REGISTRY_LOCK:

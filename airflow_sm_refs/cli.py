@@ -1,0 +1,366 @@
+"""``airflow-sm-refs``: check connections' references, read a token, clear the per-worker cache.
+
+    airflow-sm-refs check CONN_ID [CONN_ID ...]
+    airflow-sm-refs parse TOKEN
+    airflow-sm-refs cache clear [--dir DIR]
+
+``check`` finds each connection where a task would, lists every reference in
+it and whether it resolves, with the AWS settings of the configured backend.
+It never prints a value. Exit codes: 0 all resolved, 1 something failed,
+2 bad usage or configuration.
+"""
+
+from __future__ import annotations
+
+# Import airflow before anything of ours: the backend module imports from
+# airflow, and airflow must finish its own start-up (configuration, logging,
+# secrets) first.
+import airflow  # noqa: F401, I001
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, NoReturn, TextIO
+
+from airflow_sm_refs._exceptions import ReferenceSyntaxError, SecretReferenceError
+from airflow_sm_refs.expand import CONNECTION_FIELDS
+from airflow_sm_refs.reference import SecretReference, has_reference, parse_reference, split_references
+
+__all__ = ["main"]
+
+log = logging.getLogger("airflow_sm_refs")
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """Bad arguments or configuration: one line on stderr, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line, not the usage block: it is read in CI logs and terminals alike.
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="airflow-sm-refs",
+        description="Check and inspect AWS Secrets Manager references in Airflow connections.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands.required = True
+
+    check = commands.add_parser(
+        "check",
+        help="resolve every reference of connections, as a task would, without printing values",
+        description="Find each connection as a task would, list every reference in it and whether it "
+        "resolves, using the AWS settings of the configured secrets backend. Never prints a value.",
+    )
+    check.add_argument("conn_ids", nargs="+", metavar="CONN_ID")
+
+    parse = commands.add_parser("parse", help="show how a token (or a value holding tokens) is read")
+    parse.add_argument("token", metavar="TOKEN")
+
+    cache = commands.add_parser("cache", help="manage the per-worker cache")
+    cache_commands = cache.add_subparsers(dest="cache_command", metavar="ACTION", parser_class=_Parser)
+    cache_commands.required = True
+    clear = cache_commands.add_parser("clear", help="remove every entry of the per-worker cache now")
+    clear.add_argument(
+        "--dir",
+        dest="directory",
+        default=None,
+        help="the cache directory (default: the configured backend's shared_cache_dir, else the default)",
+    )
+    return parser
+
+
+# --- configuration --------------------------------------------------------------
+@dataclass
+class ConfiguredBackend:
+    """The backend ``check`` resolves with, and the other backend (if any) tasks would ask first."""
+
+    backend: Any
+    #: a configured backend that is not this package's: a place raw connections may live
+    other: Any | None
+    #: what to tell the operator about the configuration, or ``None``
+    note: str | None
+
+
+def _configured_backend() -> ConfiguredBackend:
+    """Build the backend from configuration exactly as a task's secrets chain does.
+
+    ``[workers] secrets_backend`` and its kwargs, else ``[secrets] backend``
+    and its kwargs (Airflow's own worker-mode lookup).
+    """
+    from airflow.sdk.configuration import conf
+
+    from airflow_sm_refs.backend import SecretsManagerRefsBackend
+
+    try:
+        configured = conf._get_custom_secret_backend(worker_mode=True)
+    except Exception as exc:
+        raise UsageError(f"cannot build the configured secrets backend: {_one_line(exc)}") from None
+    if isinstance(configured, SecretsManagerRefsBackend):
+        return ConfiguredBackend(configured, None, None)
+    if configured is None:
+        note = (
+            "no secrets backend is configured ([workers] secrets_backend, [secrets] backend): tasks will "
+            "not resolve references; checking with this package's backend and AWS's default settings"
+        )
+    else:
+        note = (
+            f"the configured secrets backend is {type(configured).__module__}.{type(configured).__qualname__}, "
+            "not this package's: tasks will not resolve references; checking with this package's backend "
+            "and AWS's default settings"
+        )
+    return ConfiguredBackend(SecretsManagerRefsBackend(), configured, note)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+# --- finding the raw connection ------------------------------------------------------
+def _raw_sources(other: Any | None) -> list[tuple[str, Any]]:
+    """Where a task finds a connection, less this package's backend.
+
+    A task asks the Execution API for connections stored in the metastore;
+    a command on the worker cannot, so it reads the metastore directly when
+    it can reach it.
+    """
+    from airflow.sdk.definitions.connection import Connection
+    from airflow.secrets.environment_variables import EnvironmentVariablesBackend
+
+    sources: list[tuple[str, Any]] = []
+    if other is not None:
+        other._set_connection_class(Connection)
+        sources.append((type(other).__name__, other))
+    environment = EnvironmentVariablesBackend()
+    environment._set_connection_class(Connection)
+    sources.append(("environment variables", environment))
+    try:
+        from airflow.secrets.metastore import MetastoreBackend
+
+        sources.append(("metastore", MetastoreBackend()))
+    except Exception as exc:  # pragma: no cover - core Airflow is installed with the package
+        log.debug("metastore not available: %s", exc)
+    return sources
+
+
+def _find_connection(conn_id: str, sources: list[tuple[str, Any]]) -> tuple[Any | None, list[str]]:
+    """The raw connection, and what went wrong in the sources that could not be asked."""
+    problems: list[str] = []
+    for name, source in sources:
+        try:
+            conn = source.get_connection(conn_id)
+        except SecretReferenceError:
+            raise
+        except Exception as exc:
+            problems.append(f"{name} not readable ({_one_line(exc)[:160]})")
+            continue
+        if conn is not None:
+            return conn, problems
+    return None, problems
+
+
+# --- listing references ---------------------------------------------------------------
+@dataclass
+class Found:
+    """One reference found in a connection field, or a field that does not parse."""
+
+    field: str
+    reference: SecretReference | None = None
+    error: str | None = None
+
+
+def _references_in_text(value: str, field: str) -> Iterator[Found]:
+    if not has_reference(value):
+        return
+    try:
+        segments = split_references(value)
+    except ReferenceSyntaxError as exc:
+        yield Found(field, error=str(exc))
+        return
+    for segment in segments:
+        if isinstance(segment, SecretReference):
+            yield Found(field, segment)
+
+
+def _references_in_json(value: Any, path: str) -> Iterator[Found]:
+    # The same paths the expansion names in its errors (extra.headers.Authorization).
+    if isinstance(value, str):
+        yield from _references_in_text(value, path)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _references_in_json(item, f"{path}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _references_in_json(item, f"{path}[{index}]")
+
+
+def references_in_connection(conn: Any) -> list[Found]:
+    """Every reference in ``conn``, field by field, in the order the expansion resolves them."""
+    found: list[Found] = []
+    for name in CONNECTION_FIELDS:
+        value = getattr(conn, name, None)
+        if isinstance(value, str):
+            found.extend(_references_in_text(value, name))
+    extra = getattr(conn, "extra", None)
+    if isinstance(extra, str) and has_reference(extra):
+        try:
+            document = json.loads(extra)
+        except ValueError:
+            found.append(
+                Found("extra", error="extra holds a reference but is not valid JSON; references in extra "
+                      "are only expanded in JSON string values")
+            )
+        else:
+            found.extend(_references_in_json(document, "extra"))
+    return found
+
+
+# --- commands --------------------------------------------------------------------
+def _table(rows: list[tuple[str, ...]], out: TextIO) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths)] + [row[-1]]
+        print("  " + "  ".join(cells).rstrip(), file=out)
+
+
+def _check_one(conn_id: str, setup: ConfiguredBackend, sources: list[tuple[str, Any]], out: TextIO) -> bool:
+    conn, problems = _find_connection(conn_id, sources)
+    if conn is None:
+        looked = ", ".join(name for name, _ in sources)
+        extra = f"; {'; '.join(problems)}" if problems else ""
+        print(f"connection {conn_id!r}: ERROR: not found (looked in {looked}{extra})", file=out)
+        return False
+    found = references_in_connection(conn)
+    if not found:
+        print(f"connection {conn_id!r}: no references", file=out)
+        return True
+    expansion = setup.backend._expansion(conn_id, "connection")
+    rows: list[tuple[str, ...]] = [("FIELD", "SECRET", "KEY", "VERSION", "RESULT")]
+    ok = True
+    for item in found:
+        if item.reference is None:
+            ok = False
+            rows.append((item.field, "-", "-", "-", f"ERROR: {item.error}"))
+            continue
+        ref = item.reference
+        try:
+            if expansion.check is not None:
+                expansion.check(ref)
+            resolved = expansion.resolver.resolve(ref)
+        except SecretReferenceError as exc:
+            ok = False
+            result = f"ERROR: {exc.detail}"
+        else:
+            # The value itself is dropped here; only where it came from is shown.
+            result = f"ok ({resolved.source}, {resolved.seconds * 1000:.0f} ms)"
+        rows.append((item.field, ref.secret_id, ref.key or "(whole secret)", ref.version_label, result))
+    count = len(found)
+    print(f"connection {conn_id!r}: {count} reference{'s' if count != 1 else ''}", file=out)
+    _table(rows, out)
+    return ok
+
+
+def command_check(conn_ids: Sequence[str], out: TextIO, err: TextIO) -> int:
+    """Resolve every reference of each connection; print results, never values."""
+    setup = _configured_backend()
+    if setup.note:
+        print(f"note: {setup.note}", file=err)
+    sources = _raw_sources(setup.other)
+    results = [_check_one(conn_id, setup, sources, out) for conn_id in conn_ids]
+    return EXIT_OK if all(results) else EXIT_FAILED
+
+
+def _describe(ref: SecretReference, out: TextIO) -> None:
+    rows = [
+        ("reference", ref.text),
+        ("key", repr(ref.key) if ref.key else "(empty: the whole SecretString, or SecretBinary base64-encoded)"),
+        ("secret id", ref.secret_id),
+        ("named by", "ARN" if ref.is_arn else "name (looked up in the backend's default region and account)"),
+        ("region", ref.region or "the backend's default region"),
+        ("version", ref.version_label + ("" if ref.version_stage or ref.version_id else " (default)")),
+    ]
+    if ref.is_arn:
+        rows.insert(4, ("account", ref.secret_id.split(":")[4]))
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"{name.ljust(width)}  {value}", file=out)
+
+
+def command_parse(token: str, out: TextIO, err: TextIO) -> int:
+    """Show how ``token`` is read: one whole token, or each token in a longer value."""
+    try:
+        if token.strip(" \t").startswith("{{") and token.count("{{") == 1 and token.strip(" \t").endswith("}}"):
+            references = [parse_reference(token.strip(" \t"))]
+        else:
+            references = [s for s in split_references(token) if isinstance(s, SecretReference)]
+    except ReferenceSyntaxError as exc:
+        print(f"error: {exc}", file=err)
+        return EXIT_FAILED
+    if not references:
+        print("error: no reference in the text (a reference looks like {{workato:sm:<key>:<secret-id>}})", file=err)
+        return EXIT_FAILED
+    for index, ref in enumerate(references):
+        if index:
+            print(file=out)
+        _describe(ref, out)
+    return EXIT_OK
+
+
+def command_cache_clear(directory: str | None, out: TextIO) -> int:
+    """Remove every entry of the per-worker cache."""
+    try:
+        from airflow_sm_refs.worker_cache import clear_worker_cache
+    except ImportError:  # pragma: no cover - ships with the package
+        raise UsageError("this installation has no per-worker cache") from None
+    if directory is None:
+        directory = _configured_shared_cache_dir()
+    try:
+        removed = clear_worker_cache(directory)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot clear the per-worker cache: {_one_line(exc)}") from None
+    where = f" in {directory}" if directory else ""
+    print(f"cleared {removed} entr{'y' if removed == 1 else 'ies'} from the per-worker cache{where}", file=out)
+    return EXIT_OK
+
+
+def _configured_shared_cache_dir() -> str | None:
+    """``shared_cache_dir`` of the configured backend, if it is this package's and sets one."""
+    setup = _configured_backend()
+    if setup.other is not None or setup.note:
+        return None
+    return getattr(setup.backend, "shared_cache_dir", None)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit code."""
+    args = _build_parser().parse_args(argv)
+    out, err = sys.stdout, sys.stderr
+    try:
+        if args.command == "check":
+            return command_check(args.conn_ids, out, err)
+        if args.command == "parse":
+            return command_parse(args.token, out, err)
+        return command_cache_clear(args.directory, out)
+    except UsageError as exc:
+        print(f"airflow-sm-refs: error: {exc}", file=err)
+        return EXIT_USAGE
+    except SecretReferenceError as exc:
+        print(f"airflow-sm-refs: error: {exc}", file=err)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,191 @@
+"""The hook: the backend's expansion on demand, with AWS credentials from an Airflow AWS connection.
+
+For teams that cannot change ``airflow.cfg``, or want one DAG to act as its
+own role. It shares the reference parser, the expansion code, the cache tiers
+and the error types with the backend; only where the AWS credentials come
+from differs.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import cached_property
+from typing import Any
+
+from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
+
+from airflow_sm_refs.expand import CONNECTION_FIELDS, Expansion, expand_connection
+from airflow_sm_refs.resolver import (
+    DEFAULT_CACHE_TTL_SECONDS,
+    DEFAULT_STALE_IF_ERROR_SECONDS,
+    SecretResolver,
+)
+
+__all__ = ["SecretsManagerRefsHook"]
+
+log = logging.getLogger("airflow_sm_refs")
+
+
+class SecretsManagerRefsHook(AwsBaseHook):
+    """
+    Expands ``{{workato:sm:...}}`` references with credentials from an Airflow AWS connection.
+
+    .. code-block:: python
+
+        hook = SecretsManagerRefsHook(aws_conn_id="aws_team_a")
+        conn = hook.get_resolved_connection("warehouse")
+        header = hook.resolve("Bearer {{workato:sm:token:api/partner}}")
+
+    Resolved values are registered with Airflow's secrets masker, as the
+    backend does. Errors are the backend's (:class:`~airflow_sm_refs.SecretReferenceError`
+    and its subclasses) and never hold a value.
+
+    :param aws_conn_id: the Airflow AWS connection to act as (credentials, region,
+        ``endpoint_url``, role to assume...). ``None``: boto3's default credential chain.
+    :param region_name: region for plain secret names. ``None``: the connection's, else boto3's default.
+    :param verify: TLS verification: ``False`` or a CA bundle path. ``None``: the connection's, else botocore's.
+    :param config: ``botocore.config.Config`` (or its arguments). ``None``: the connection's ``config_kwargs``.
+    :param cache_ttl_seconds: how long a fetched secret is served before it is fetched again. Default 300.
+    :param stale_if_error_seconds: after expiry, how long a value may still be served when AWS
+        fails for a transient reason. Default 300.
+    :param shared_cache: use the per-worker cache shared by the task processes of this machine.
+        ``None``: the per-worker cache's own default.
+    :param shared_cache_dir: directory of the per-worker cache. ``None``: its default (RAM-backed).
+    """
+
+    hook_name = "AWS Secrets Manager references"
+
+    def __init__(
+        self,
+        aws_conn_id: str | None = AwsBaseHook.default_conn_name,
+        *,
+        cache_ttl_seconds: float = DEFAULT_CACHE_TTL_SECONDS,
+        stale_if_error_seconds: float = DEFAULT_STALE_IF_ERROR_SECONDS,
+        shared_cache: bool | None = None,
+        shared_cache_dir: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        kwargs["client_type"] = "secretsmanager"
+        super().__init__(aws_conn_id=aws_conn_id, **kwargs)
+        if float(cache_ttl_seconds) < 0 or float(stale_if_error_seconds) < 0:
+            raise ValueError("cache_ttl_seconds and stale_if_error_seconds must not be negative")
+        self.cache_ttl_seconds = float(cache_ttl_seconds)
+        self.stale_if_error_seconds = float(stale_if_error_seconds)
+        self.shared_cache = shared_cache
+        self.shared_cache_dir = shared_cache_dir
+
+    # --- AWS -----------------------------------------------------------------
+    @cached_property
+    def identity(self) -> str:
+        """Digest of who this hook acts as; part of every cache key.
+
+        Two hooks on different AWS connections never share cache entries; the
+        secret access key only enters the digest, never a log line.
+        """
+        from airflow_sm_refs._aws import identity_of
+
+        config = self.conn_config
+        return identity_of(
+            {
+                "source": "hook",
+                "aws_conn_id": self.aws_conn_id,
+                "aws_access_key_id": config.aws_access_key_id,
+                "aws_secret_access_key": config.aws_secret_access_key,
+                "aws_session_token": config.aws_session_token,
+                "extra": config.extra_config,
+                "region_name": config.region_name,
+                "endpoint_url": config.get_service_endpoint_url("secretsmanager"),
+                "verify": config.verify,
+            }
+        )
+
+    @cached_property
+    def resolver(self) -> SecretResolver:
+        """The resolver for this hook's AWS identity; the caches are the backend's, shared per process."""
+        from airflow_sm_refs._aws import RegionalClients
+
+        # The provider builds the clients, so every AWS connection option
+        # (assume role, profile, endpoint, botocore config) works as for any AWS hook.
+        clients = RegionalClients(
+            lambda region: self.get_client_type(region_name=region),
+            self.region_name,
+            self.identity,
+        )
+        return SecretResolver(
+            clients,
+            cache_ttl_seconds=self.cache_ttl_seconds,
+            stale_if_error_seconds=self.stale_if_error_seconds,
+            shared=self._shared_tier(),
+        )
+
+    def _shared_tier(self) -> Any:
+        try:
+            from airflow_sm_refs.worker_cache import open_worker_cache
+        except ImportError:  # pragma: no cover - the per-worker cache ships with the package
+            return None
+        kwargs: dict[str, Any] = {}
+        if self.shared_cache is not None:
+            kwargs["enabled"] = self.shared_cache
+        return open_worker_cache(self.shared_cache_dir, **kwargs)
+
+    # --- expansion -----------------------------------------------------------
+    def _expansion(self, conn_id: str | None, kind: str) -> Expansion:
+        return Expansion(self.resolver, conn_id=conn_id, kind=kind)
+
+    def resolve(self, text: str) -> str:
+        """Expand every reference in ``text``; text without references is returned as it is.
+
+        :param text: e.g. ``"Bearer {{workato:sm:token:api/partner}}"``
+        :raises SecretReferenceError: a reference is malformed or cannot be resolved
+        """
+        return self._expansion(None, "text").text(text, "text")
+
+    def resolve_connection(self, conn: Any) -> Any:
+        """A copy of ``conn`` with every field expanded as the backend would.
+
+        :param conn: an Airflow connection (Task SDK or core model); it is not changed
+        :raises SecretReferenceError: a reference is malformed or cannot be resolved;
+            the error names the connection and the field
+        """
+        expanded = expand_connection(conn, self._expansion(conn.conn_id, "connection"))
+        return _copy_connection(conn) if expanded is conn else expanded
+
+    def get_resolved_connection(self, conn_id: str) -> Any:
+        """Find connection ``conn_id`` as a task would, and return it with its references expanded.
+
+        When this package's backend is configured (and resolving in this
+        process), Airflow's lookup already returns the resolved connection; it
+        is returned as it is, never scanned again, so a secret whose text looks
+        like a reference stays literal.
+
+        :raises airflow.exceptions.AirflowNotFoundException: no such connection
+        :raises SecretReferenceError: a reference is malformed or cannot be resolved
+        """
+        conn = self.get_connection(conn_id)
+        if _backend_resolves_here():
+            return conn
+        return self.resolve_connection(conn)
+
+
+def _backend_resolves_here() -> bool:
+    """Whether this package's backend is in the current chain and resolves in this process."""
+    from airflow.sdk.execution_time.supervisor import ensure_secrets_backend_loaded
+
+    from airflow_sm_refs.backend import SecretsManagerRefsBackend
+
+    return any(
+        isinstance(backend, SecretsManagerRefsBackend) and not backend._steps_aside()
+        for backend in ensure_secrets_backend_loaded()
+    )
+
+
+def _copy_connection(conn: Any) -> Any:
+    fields = {name: getattr(conn, name, None) for name in CONNECTION_FIELDS}
+    return type(conn)(
+        conn_id=conn.conn_id,
+        conn_type=conn.conn_type,
+        description=getattr(conn, "description", None),
+        port=conn.port,
+        extra=getattr(conn, "extra", None),
+        **fields,
+    )
