@@ -8,6 +8,7 @@ A resolved value is spliced in as it is and never scanned again.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Callable
@@ -28,10 +29,28 @@ CONNECTION_FIELDS = ("host", "schema", "login", "password")
 Resolve = Callable[[SecretReference, str], str]
 
 
+# Digests of the values already registered with the masker, per masker
+# instance: registering again costs a message to the task supervisor on every
+# lookup, and a warm lookup should cost next to nothing.
+_MASKED: dict[int, set[bytes]] = {}
+
+# (kind, id, field, reference) already logged as served from the process
+# cache: the first such line per task process is INFO, repeats are DEBUG, so a
+# hot loop does not flood the task log (fetches from AWS or the worker cache
+# are always INFO).
+_LOGGED_HITS: set[tuple[str, str | None, str, str]] = set()
+_MAX_LOGGED_HITS = 10_000
+
+
 def _default_mask(value: str) -> None:
+    from airflow.sdk._shared.secrets_masker import _secrets_masker
     from airflow.sdk.log import mask_secret
 
-    mask_secret(value)
+    seen = _MASKED.setdefault(id(_secrets_masker()), set())
+    digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).digest()
+    if digest not in seen:
+        mask_secret(value)
+        seen.add(digest)
 
 
 class Expansion:
@@ -80,7 +99,19 @@ class Expansion:
         # Masked before anything else can print it, spliced or not, whatever
         # the key it sits under.
         self.mask(resolved.value)
-        log.info(
+        level = logging.INFO
+        if resolved.source == "process cache":
+            seen = (self.kind, self.conn_id, field, ref.text)
+            if seen in _LOGGED_HITS:
+                level = logging.DEBUG
+            else:
+                if len(_LOGGED_HITS) >= _MAX_LOGGED_HITS:
+                    _LOGGED_HITS.clear()
+                _LOGGED_HITS.add(seen)
+        if not log.isEnabledFor(level):
+            return resolved.value
+        log.log(
+            level,
             "%s %r field %r: resolved %s (%s) from %s in %.1f ms",
             self.kind,
             self.conn_id,
