@@ -55,6 +55,12 @@ def reset_plugin_state() -> None:
     clear_process_cache()
     reset_clients()
     reset_airflow_secrets_cache()
+    # The per-worker tier outlives the process: empty the default directory
+    # so one test's entries never answer another's lookups.
+    from airflow_sm_refs.worker_cache import clear_worker_cache, reset_worker_caches
+
+    reset_worker_caches()
+    clear_worker_cache()
 
 
 @pytest.fixture
