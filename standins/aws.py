@@ -65,6 +65,8 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             data = response.read()
         finally:
             upstream.close()
+        if action == "GetSecretValue" and response.status == 200:
+            self.server.stand_in._remember_served(data)
         self.send_response(response.status)
         for key, value in response.getheaders():
             if key.lower() not in ("transfer-encoding", "connection", "content-length", "server", "date"):
@@ -89,6 +91,7 @@ class AwsStandIn:
         self._calls: collections.Counter[str] = collections.Counter()
         self._faults: collections.deque[InjectedFault] = collections.deque()
         self._fail_all: InjectedFault | None = None
+        self._served: set[str] = set()
         self._moto = None
         self._proxy: _ProxyServer | None = None
         self.moto_port = 0
@@ -141,6 +144,38 @@ class AwsStandIn:
             self._calls.clear()
             self._faults.clear()
             self._fail_all = None
+            self._served.clear()
+
+    # what was served -----------------------------------------------------
+    def _remember_served(self, body: bytes) -> None:
+        import base64
+
+        try:
+            document = json.loads(body)
+        except ValueError:
+            return
+        values: list[str] = []
+        text = document.get("SecretString")
+        if isinstance(text, str):
+            values.append(text)
+            try:
+                inner = json.loads(text)
+            except ValueError:
+                inner = None
+            if isinstance(inner, dict):
+                values.extend(v for v in inner.values() if isinstance(v, str))
+        binary = document.get("SecretBinary")
+        if isinstance(binary, str):  # base64 on the wire, which is also how the plugin hands it out
+            values.append(binary)
+            values.append(base64.b64decode(binary).decode("latin-1"))
+        with self._lock:
+            self._served.update(v for v in values if len(v) >= 6)
+
+    @property
+    def served_values(self) -> frozenset[str]:
+        """Every secret value (and JSON value inside one) GetSecretValue has returned since the last reset."""
+        with self._lock:
+            return frozenset(self._served)
 
     # counting ------------------------------------------------------------
     def _record(self, action: str) -> InjectedFault | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Iterator
@@ -10,7 +11,12 @@ from pathlib import Path
 from typing import Any
 
 # Before anything imports airflow: a private AIRFLOW_HOME and fake AWS credentials.
-_HOME = Path(tempfile.mkdtemp(prefix="airflow-sm-refs-tests-"))
+# (This module is imported twice — by pytest, and as ``tests.conftest`` by test
+# modules that use its helpers — so the home is made once per process.)
+if "_AIRFLOW_SM_REFS_TEST_HOME" not in os.environ or os.environ.get("_AIRFLOW_SM_REFS_TEST_PID") != str(os.getpid()):
+    os.environ["_AIRFLOW_SM_REFS_TEST_HOME"] = tempfile.mkdtemp(prefix="airflow-sm-refs-tests-")
+    os.environ["_AIRFLOW_SM_REFS_TEST_PID"] = str(os.getpid())
+_HOME = Path(os.environ["_AIRFLOW_SM_REFS_TEST_HOME"])
 os.environ["AIRFLOW_HOME"] = str(_HOME)
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(_HOME / "dags")
@@ -97,6 +103,55 @@ def get_connection(conn_id: str) -> Any:
     from airflow.sdk import BaseHook
 
     return BaseHook.get_connection(conn_id)
+
+
+# Loggers whose records the leak guard reads: ours and the AWS stack under us.
+# (A DAG's own task code may log a value on purpose, to show it masked.)
+_GUARDED_LOGGERS = ("airflow_sm_refs", "botocore", "boto3", "urllib3", "airflow.providers.amazon")
+_SETUP_OPERATIONS = ("CreateSecret", "PutSecretValue", "UpdateSecret", "secretsmanager.CreateSecret")
+
+
+@pytest.fixture(autouse=True)
+def no_secret_value_in_logs_or_errors(
+    request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
+    """Fail any test whose logs or error messages contain a secret value AWS handed out.
+
+    The values are the ones the moto stand-in actually served in the test
+    (seeded by the test's own secrets), so the guard needs no list to keep.
+    """
+    from airflow_sm_refs._exceptions import SecretReferenceError
+
+    messages: list[str] = []
+    render = SecretReferenceError._render
+
+    def recording_render(self: SecretReferenceError) -> str:
+        text = render(self)
+        messages.append(text)
+        return text
+
+    monkeypatch.setattr(SecretReferenceError, "_render", recording_render)
+    for name in ("airflow_sm_refs", "botocore"):
+        caplog.set_level(logging.DEBUG, logger=name)
+    yield
+    if "aws_server" not in request.fixturenames:
+        return
+    served = request.getfixturevalue("aws_server").served_values
+    if not served:
+        return
+    texts = [
+        (f"log record of {record.name}", record.getMessage())
+        for phase in ("setup", "call")
+        for record in caplog.get_records(phase)
+        if record.name.startswith(_GUARDED_LOGGERS)
+        # the test's own setup writes secrets through botocore; only reads are the plugin's
+        and not any(op in record.getMessage() for op in _SETUP_OPERATIONS)
+    ]
+    texts += [("error message", m) for m in messages]
+    for where, text in texts:
+        for value in served:
+            if value in text:
+                pytest.fail(f"a secret value served by AWS appears in a {where}: {text[:200]!r}")
 
 
 class FakeClock:

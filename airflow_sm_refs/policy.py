@@ -1,0 +1,93 @@
+"""What references may name, and which connections may hold them (the allowlists).
+
+Anyone allowed to edit connections can write a reference, and the worker's AWS
+role can usually read far more than one team should see. The allowlists bound
+that: a reference outside them fails before any AWS call is made.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+
+from airflow_sm_refs._exceptions import ReferenceNotAllowedError
+from airflow_sm_refs.reference import SecretReference
+
+__all__ = ["AccessPolicy"]
+
+
+def _patterns(value: str | Iterable[str] | None, option: str) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [value]
+    patterns = tuple(value)
+    for pattern in patterns:
+        if not isinstance(pattern, str) or not pattern:
+            raise ValueError(f"{option} must be a list of non-empty glob patterns, got {pattern!r}")
+    return patterns
+
+
+@dataclass(frozen=True)
+class AccessPolicy:
+    """The allowlists of one backend or hook; ``None`` allows everything.
+
+    :param allowed_secrets: glob patterns. A plain-name reference must match a
+        name pattern (``prod/*``); an ARN reference must match an ARN pattern
+        (``arn:aws:secretsmanager:*:123456789012:secret:prod/*``). Name
+        patterns never admit ARNs, so another account's ``prod/x`` is not
+        admitted by ``prod/*``.
+    :param allowed_conn_ids: glob patterns of the connection ids whose
+        references are expanded; a reference in any other connection is an error.
+    """
+
+    allowed_secrets: tuple[str, ...] | None = None
+    allowed_conn_ids: tuple[str, ...] | None = None
+
+    @classmethod
+    def from_options(
+        cls, allowed_secrets: str | Iterable[str] | None = None, allowed_conn_ids: str | Iterable[str] | None = None
+    ) -> AccessPolicy:
+        """Validate the kwargs as an operator wrote them."""
+        return cls(_patterns(allowed_secrets, "allowed_secrets"), _patterns(allowed_conn_ids, "allowed_conn_ids"))
+
+    @property
+    def unrestricted(self) -> bool:
+        """Whether neither list is set."""
+        return self.allowed_secrets is None and self.allowed_conn_ids is None
+
+    def secret_allowed(self, ref: SecretReference) -> bool:
+        """Whether ``ref`` names a secret the allowlist admits."""
+        if self.allowed_secrets is None:
+            return True
+        if ref.is_arn:
+            return any(p.startswith("arn:") and fnmatchcase(ref.secret_id, p) for p in self.allowed_secrets)
+        return any(not p.startswith("arn:") and fnmatchcase(ref.secret_id, p) for p in self.allowed_secrets)
+
+    def check_reference(self, ref: SecretReference) -> None:
+        """Raise unless ``ref`` is admitted; called before any AWS call for it.
+
+        :raises ReferenceNotAllowedError: naming the reference
+        """
+        if not self.secret_allowed(ref):
+            kind = "ARN" if ref.is_arn else "secret name"
+            raise ReferenceNotAllowedError(
+                f"not allowed: {kind} {ref.secret_id!r} matches no pattern in allowed_secrets",
+                reference=ref.text,
+            )
+
+    def conn_allowed(self, conn_id: str) -> bool:
+        """Whether references in connection ``conn_id`` may be expanded."""
+        return self.allowed_conn_ids is None or any(fnmatchcase(conn_id, p) for p in self.allowed_conn_ids)
+
+    def check_connection(self, conn_id: str) -> None:
+        """Raise unless references in ``conn_id`` may be expanded.
+
+        :raises ReferenceNotAllowedError: naming the connection
+        """
+        if not self.conn_allowed(conn_id):
+            raise ReferenceNotAllowedError(
+                "not allowed: this connection holds references but matches no pattern in allowed_conn_ids",
+                conn_id=conn_id,
+            )
