@@ -144,25 +144,39 @@ class Expansion:
         return value
 
     def extra(self, extra: str) -> str:
-        """Expand the connection's ``extra`` JSON and serialise it again."""
-        if not has_reference(extra):
+        """Expand the connection's ``extra`` JSON and serialise it again; unchanged text if it has none."""
+        if not _extra_may_hold_references(extra):
             return extra
         try:
             document = json.loads(extra)
         except ValueError:
+            if not has_reference(extra):
+                return extra
             raise ReferenceSyntaxError(
                 "extra holds a reference but is not valid JSON; references in extra are only "
                 "expanded in JSON string values",
                 conn_id=self.conn_id,
                 field="extra",
             ) from None
-        return json.dumps(self.json_value(document, "extra"))
+        before = self.references
+        expanded = self.json_value(document, "extra")
+        return extra if self.references == before else json.dumps(expanded)
+
+
+def _extra_may_hold_references(extra: str) -> bool:
+    # A JSON escape (``\t``, ``\u007b``) can hide a reference from a scan of
+    # the raw text, and a hidden reference would be passed on unexpanded: any
+    # backslash means the parsed values must be looked at.
+    return "\\" in extra or has_reference(extra)
 
 
 def connection_has_references(conn: Any) -> bool:
     """Whether any field of ``conn`` claims to hold a reference."""
-    values = [getattr(conn, name, None) for name in CONNECTION_FIELDS] + [getattr(conn, "extra", None)]
-    return any(isinstance(v, str) and has_reference(v) for v in values)
+    values = [getattr(conn, name, None) for name in CONNECTION_FIELDS]
+    extra = getattr(conn, "extra", None)
+    return any(isinstance(v, str) and has_reference(v) for v in values) or (
+        isinstance(extra, str) and _extra_may_hold_references(extra)
+    )
 
 
 def expand_connection(conn: Any, expansion: Expansion, conn_class: type | None = None) -> Any:
@@ -180,6 +194,8 @@ def expand_connection(conn: Any, expansion: Expansion, conn_class: type | None =
         fields[name] = expansion.text(value, name) if isinstance(value, str) else value
     extra = getattr(conn, "extra", None)
     fields["extra"] = expansion.extra(extra) if isinstance(extra, str) else extra
+    if expansion.references == 0:
+        return conn
     cls = conn_class or type(conn)
     return cls(
         conn_id=conn.conn_id,

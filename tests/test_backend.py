@@ -189,6 +189,17 @@ class TestSecretsManagerRefsBackend:
         assert conn.extra_dejson == {"a": nasty, "b": 1}
         assert backend_configured.calls() == 1  # the token inside the value was never resolved
 
+    def test_reference_hidden_behind_json_escapes_in_extra_is_still_expanded(
+        self, backend_configured: AwsStandIn, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        make_secret(backend_configured, "api/token", "tok-escaped-1")
+        extra = '{"Authorization": "Bearer \\u007b\\u007b\\tworkato:sm::api/token }}", "path": "C:\\\\x"}'
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_ESCAPED", json.dumps({"conn_type": "http", "extra": "__EXTRA__"}).replace('"__EXTRA__"', json.dumps(extra))
+        )
+        conn = get_connection("escaped")
+        assert conn.extra_dejson == {"Authorization": "Bearer tok-escaped-1", "path": "C:\\x"}
+
     # --- no tokens, no AWS --------------------------------------------------------
     def test_connection_without_tokens_passes_untouched(
         self, backend_configured: AwsStandIn, monkeypatch: pytest.MonkeyPatch
