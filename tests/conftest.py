@@ -40,6 +40,16 @@ def airflow_home() -> Path:
 
 
 @pytest.fixture(scope="session")
+def metastore(airflow_home: Path) -> Path:
+    """An initialised metastore (sqlite) in the session's AIRFLOW_HOME."""
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True, timeout=600)
+    return airflow_home
+
+
+@pytest.fixture(scope="session")
 def aws_server() -> Iterator[AwsStandIn]:
     """One moto server (behind a counting proxy) for the whole session."""
     with AwsStandIn() as stand_in:

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,13 +15,6 @@ import pytest
 from standins.aws import AwsStandIn
 
 SECRET = {"username": "meta_user", "password": "metastore-Secret-991"}
-
-
-@pytest.fixture(scope="module")
-def metastore(airflow_home: Path) -> Iterator[None]:
-    """An initialised metastore in the session's AIRFLOW_HOME."""
-    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True, timeout=300)
-    yield
 
 
 def store_connection(conn_id: str, **fields: object) -> None:
@@ -81,7 +71,7 @@ def build_dag(airflow_home: Path, conn_id: str, expected_password: str = "", exp
 
 class TestDagTest:
     def test_metastore_connection_resolved_in_task(
-        self, metastore: None, airflow_home: Path, backend_configured: AwsStandIn, capsys: pytest.CaptureFixture[str]
+        self, metastore: Path, airflow_home: Path, backend_configured: AwsStandIn, capsys: pytest.CaptureFixture[str]
     ) -> None:
         backend_configured.client().create_secret(Name="meta/db", SecretString=json.dumps(SECRET))
         store_connection(
@@ -102,7 +92,7 @@ class TestDagTest:
         assert backend_configured.calls() == 1
 
     def test_broken_reference_fails_the_task_without_handing_out_the_token(
-        self, metastore: None, airflow_home: Path, backend_configured: AwsStandIn, capsys: pytest.CaptureFixture[str]
+        self, metastore: Path, airflow_home: Path, backend_configured: AwsStandIn, capsys: pytest.CaptureFixture[str]
     ) -> None:
         store_connection("meta_broken", conn_type="postgres", password="{{workato:sm:password:meta/missing}}")
         run = build_dag(airflow_home, "meta_broken").test()

@@ -1,0 +1,207 @@
+"""Every example DAG, run with ``dag.test()`` against real services.
+
+PostgreSQL is a real server with scram-sha-256 password authentication, and
+the HTTP API rejects any token but the secret's, so a passing run means the
+resolved credential really reached the service.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from standins.aws import AwsStandIn
+from standins.http_api import BearerTokenApi
+from tests.conftest import FakeClock, configure_backend, set_conn
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "example_dags"
+DB_USER = "reporting"
+DB_PASSWORD = "pg-Secret-'quoted'-\\-4471"
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[Any]:
+    """A real PostgreSQL server on loopback that enforces scram-sha-256."""
+    from standins.postgres import PostgresServer, find_pg_bindir
+
+    try:
+        find_pg_bindir()
+    except RuntimeError as exc:
+        if os.environ.get("AIRFLOW_SM_REFS_REQUIRE_POSTGRES"):
+            raise
+        pytest.skip(f"PostgreSQL server binaries not installed: {exc}")
+    with PostgresServer(user=DB_USER, password=DB_PASSWORD, database="warehouse") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def example_dags(metastore: Path) -> Path:
+    """The example DAG files, in the dags folder dag.test() parses."""
+    dags = metastore / "dags"
+    dags.mkdir(exist_ok=True)
+    for path in EXAMPLES.glob("example_*.py"):
+        shutil.copy(path, dags / path.name)
+    return dags
+
+
+def load_dag(dags: Path, dag_id: str) -> Any:
+    spec = importlib.util.spec_from_file_location(dag_id, dags / f"{dag_id}.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.dag
+
+
+def xcom(run: Any, task_id: str) -> Any:
+    """The return value a task of ``run`` pushed."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        query = XComModel.get_many(run_id=run.run_id, key="return_value", dag_ids=run.dag_id, task_ids=task_id)
+        row = session.scalars(query).first()
+        assert row is not None, f"{task_id} pushed nothing"
+        return XComModel.deserialize_value(row)
+
+
+def warehouse_conn(monkeypatch: pytest.MonkeyPatch, postgres: Any) -> None:
+    set_conn(
+        monkeypatch,
+        "warehouse_db",
+        {
+            "conn_type": "postgres",
+            "host": postgres.host,
+            "port": postgres.port,
+            "schema": postgres.database,
+            "login": "{{workato:sm:username:warehouse/db}}",
+            "password": "{{workato:sm:password:warehouse/db}}",
+        },
+    )
+
+
+def reset_caches() -> None:
+    from tests.conftest import reset_plugin_state
+
+    reset_plugin_state()
+
+
+class TestPostgresExample:
+    def test_query_runs_with_credentials_from_the_secret(
+        self, example_dags: Path, postgres: Any, backend_configured: AwsStandIn, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        backend_configured.client().create_secret(
+            Name="warehouse/db", SecretString=json.dumps({"username": DB_USER, "password": DB_PASSWORD})
+        )
+        warehouse_conn(monkeypatch, postgres)
+        run = load_dag(example_dags, "example_postgres_query").test()
+        assert run.state == "success"
+        rows = xcom(run, "who_am_i")
+        assert "warehouse" in repr(rows) and DB_USER in repr(rows), rows
+        assert backend_configured.calls() == 1  # login and password: one secret, one fetch
+
+    def test_wrong_password_in_the_secret_is_rejected_by_the_server(
+        self, example_dags: Path, postgres: Any, backend_configured: AwsStandIn, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        backend_configured.client().create_secret(
+            Name="warehouse/db", SecretString=json.dumps({"username": DB_USER, "password": "not-the-password"})
+        )
+        warehouse_conn(monkeypatch, postgres)
+        run = load_dag(example_dags, "example_postgres_query").test()
+        assert run.state == "failed"
+
+
+class TestHttpExample:
+    def test_bearer_token_from_extras_is_accepted(
+        self, example_dags: Path, backend_configured: AwsStandIn, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        with BearerTokenApi("partner-token-ABCDEF") as api:
+            backend_configured.client().create_secret(
+                Name="partner/api", SecretString=json.dumps({"token": "partner-token-ABCDEF"})
+            )
+            set_conn(
+                monkeypatch,
+                "partner_api",
+                {
+                    "conn_type": "http",
+                    "host": "127.0.0.1",
+                    "port": api.port,
+                    "schema": "http",
+                    "extra": {"Authorization": "Bearer {{workato:sm:token:partner/api}}"},
+                },
+            )
+            run = load_dag(example_dags, "example_http_bearer_token").test()
+            assert run.state == "success"
+            assert (api.requests, api.rejected) == (1, 0)
+
+    def test_wrong_token_is_rejected_by_the_api(
+        self, example_dags: Path, backend_configured: AwsStandIn, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        with BearerTokenApi("the-real-token-123") as api:
+            backend_configured.client().create_secret(Name="partner/api", SecretString=json.dumps({"token": "stale-token-999"}))
+            set_conn(
+                monkeypatch,
+                "partner_api",
+                {
+                    "conn_type": "http",
+                    "host": "127.0.0.1",
+                    "port": api.port,
+                    "schema": "http",
+                    "extra": {"Authorization": "Bearer {{workato:sm:token:partner/api}}"},
+                },
+            )
+            run = load_dag(example_dags, "example_http_bearer_token").test()
+            assert run.state == "failed"
+            assert api.rejected == 1
+
+
+class TestRotationExample:
+    def test_new_value_appears_after_ttl_not_before(
+        self, example_dags: Path, aws: AwsStandIn, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        from airflow_sm_refs.resolver import PROCESS_CACHE
+
+        configure_backend(monkeypatch, region_name="us-east-1", endpoint_url=aws.endpoint_url, shared_cache=False)
+        clock = FakeClock()
+        monkeypatch.setattr(PROCESS_CACHE, "timer", clock)
+        client = aws.client()
+        client.create_secret(Name="demo/rotating", SecretString=json.dumps({"password": "first-password"}))
+        set_conn(monkeypatch, "rotation_demo", {"conn_type": "generic", "password": "{{workato:sm:password:demo/rotating}}"})
+        dag = load_dag(example_dags, "example_rotation")
+
+        def fingerprint() -> str:
+            run = dag.test()
+            assert run.state == "success"
+            return xcom(run, "password_fingerprint")
+
+        def expected(password: str) -> str:
+            return hashlib.sha256(password.encode()).hexdigest()[:12]
+
+        assert fingerprint() == expected("first-password")
+        client.put_secret_value(SecretId="demo/rotating", SecretString=json.dumps({"password": "second-password"}))
+        clock.advance(200)
+        assert fingerprint() == expected("first-password")  # within cache_ttl_seconds (300)
+        clock.advance(101)
+        assert fingerprint() == expected("second-password")
+        assert aws.calls() == 2
+
+
+class TestMappedExample:
+    def test_mapped_tasks_share_one_fetch(
+        self, example_dags: Path, postgres: Any, backend_configured: AwsStandIn, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        backend_configured.client().create_secret(
+            Name="warehouse/db", SecretString=json.dumps({"username": DB_USER, "password": DB_PASSWORD})
+        )
+        warehouse_conn(monkeypatch, postgres)
+        run = load_dag(example_dags, "example_mapped_tasks").test(run_conf={"tasks": 6})
+        assert run.state == "success"
+        assert xcom(run, "total") == sum(i + 1 for i in range(6))
+        assert backend_configured.calls() == 1
