@@ -14,6 +14,7 @@ from airflow_sm_refs._exceptions import (
 )
 from airflow_sm_refs.backend import SecretsManagerRefsBackend
 from airflow_sm_refs.reference import SecretReference, parse_reference, split_references
+from airflow_sm_refs.worker_cache import WorkerCache, clear_worker_cache
 
 __version__ = "0.1.0"
 
@@ -28,6 +29,8 @@ __all__ = [
     "SecretReferenceError",
     "SecretTransientError",
     "SecretsManagerRefsBackend",
+    "WorkerCache",
+    "clear_worker_cache",
     "parse_reference",
     "split_references",
 ]

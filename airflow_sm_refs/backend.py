@@ -89,6 +89,16 @@ class SecretsManagerRefsBackend(BaseSecretsBackend):
         fails for a transient reason (never when the secret is gone or access is denied). Default 300.
     :param resolve_on_server: resolve in server processes (API server, scheduler) too.
         Default ``False``: they step aside, so plaintext stays on the workers.
+    :param shared_cache: share cached secrets between all task processes of the worker (one fetch
+        per secret per expiry period, however many tasks ask). Default ``True``.
+    :param shared_cache_dir: directory for the shared cache, private to the worker's user (``0700``).
+        ``None``: ``/dev/shm/airflow-sm-refs-<uid>`` where ``/dev/shm`` exists, else no shared cache.
+        Secrets are written there: name a RAM-backed filesystem.
+    :param allowed_secrets: glob patterns of the secrets references may name: name patterns
+        (``prod/*``) for plain names, ARN patterns (``arn:aws:secretsmanager:*:123456789012:secret:prod/*``)
+        for ARNs. ``None``: any secret the worker's AWS identity can read (set it).
+    :param allowed_conn_ids: glob patterns of the connections whose references are expanded; a
+        reference in any other connection is an error. ``None``: every connection.
     """
 
     def __init__(
@@ -104,6 +114,10 @@ class SecretsManagerRefsBackend(BaseSecretsBackend):
         cache_ttl_seconds: float = 300,
         stale_if_error_seconds: float = 300,
         resolve_on_server: bool = False,
+        shared_cache: bool = True,
+        shared_cache_dir: str | None = None,
+        allowed_secrets: list[str] | None = None,
+        allowed_conn_ids: list[str] | None = None,
         **kwargs: Any,
     ) -> None:
         # No AWS, disk or heavy import work here: Airflow builds instances
@@ -128,17 +142,24 @@ class SecretsManagerRefsBackend(BaseSecretsBackend):
         self.cache_ttl_seconds = float(cache_ttl_seconds)
         self.stale_if_error_seconds = float(stale_if_error_seconds)
         self.resolve_on_server = bool(resolve_on_server)
+        self.shared_cache = bool(shared_cache)
+        self.shared_cache_dir = shared_cache_dir
+        from airflow_sm_refs.policy import AccessPolicy
+
+        self.policy = AccessPolicy.from_options(allowed_secrets, allowed_conn_ids)
 
     @cached_property
     def resolver(self) -> SecretResolver:
         """The resolver for this backend's AWS identity (clients and caches are shared per process)."""
         from airflow_sm_refs._aws import clients_for_settings
         from airflow_sm_refs.resolver import SecretResolver
+        from airflow_sm_refs.worker_cache import open_worker_cache
 
         return SecretResolver(
             clients_for_settings(self.aws_settings),
             cache_ttl_seconds=self.cache_ttl_seconds,
             stale_if_error_seconds=self.stale_if_error_seconds,
+            shared=open_worker_cache(self.shared_cache_dir, enabled=self.shared_cache and self.cache_ttl_seconds > 0),
         )
 
     # --- the chain -----------------------------------------------------------
@@ -166,10 +187,10 @@ class SecretsManagerRefsBackend(BaseSecretsBackend):
                 return found
         return None
 
-    def _expansion(self, conn_id: str | None, kind: str) -> Expansion:
+    def _expansion(self, conn_id: str, kind: str) -> Expansion:
         from airflow_sm_refs.expand import Expansion
 
-        return Expansion(self.resolver, conn_id=conn_id, kind=kind)
+        return Expansion(self.resolver, conn_id=conn_id, kind=kind, check=self.policy.checker(conn_id, kind))
 
     # --- BaseSecretsBackend --------------------------------------------------
     def get_conn_value(self, conn_id: str, team_name: str | None = None) -> str | None:

@@ -79,6 +79,17 @@ def reset_plugin_state() -> None:
     clear_worker_cache()
 
 
+@pytest.fixture(autouse=True)
+def private_worker_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Give each test its own default per-worker cache directory instead of the real /dev/shm one."""
+    from airflow_sm_refs import worker_cache
+
+    monkeypatch.setattr(worker_cache, "RAM_FS", str(tmp_path_factory.mktemp("shm")))
+    worker_cache.reset_worker_caches()
+    yield
+    worker_cache.reset_worker_caches()
+
+
 @pytest.fixture
 def aws(aws_server: AwsStandIn) -> Iterator[AwsStandIn]:
     """The moto server, emptied, with counters at zero and no cached secrets."""
