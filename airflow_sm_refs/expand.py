@@ -53,12 +53,16 @@ def _default_mask(value: str) -> None:
         seen.add(digest)
 
 
+def _describe(ref: SecretReference) -> str:
+    return ref.secret_id if not ref.key else f"{ref.secret_id} key {ref.key!r}"
+
+
 class Expansion:
     """Expands the references of one connection or variable, for one resolver.
 
     :param resolver: resolves references to values
-    :param owner: what is being expanded, for errors and logs (``connection 'x'``)
-    :param conn_id: the connection id, for error attributes
+    :param conn_id: the connection id (or variable key), for errors and logs
+    :param kind: ``connection`` or ``variable``, for logs
     :param mask: registers a value with Airflow's secrets masker
     :param check: called with each reference before it is resolved (the allowlist)
     """
@@ -88,11 +92,12 @@ class Expansion:
             resolved = self.resolver.resolve(ref)
         except SecretReferenceError as exc:
             log.error(
-                "%s %r field %r: reference %s failed: %s",
+                "%s %r field %r: secret %s (%s): failed: %s",
                 self.kind,
                 self.conn_id,
                 field,
-                ref.text,
+                _describe(ref),
+                ref.version_label,
                 exc.detail,
             )
             raise exc.located(conn_id=self.conn_id, field=field) from None
@@ -112,11 +117,11 @@ class Expansion:
             return resolved.value
         log.log(
             level,
-            "%s %r field %r: resolved %s (%s) from %s in %.1f ms",
+            "%s %r field %r: secret %s (%s) from %s in %.1f ms: ok",
             self.kind,
             self.conn_id,
             field,
-            ref.secret_id if not ref.key else f"{ref.secret_id} key {ref.key!r}",
+            _describe(ref),
             ref.version_label,
             resolved.source,
             resolved.seconds * 1000,

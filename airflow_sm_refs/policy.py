@@ -7,7 +7,7 @@ that: a reference outside them fails before any AWS call is made.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
@@ -91,3 +91,18 @@ class AccessPolicy:
                 "not allowed: this connection holds references but matches no pattern in allowed_conn_ids",
                 conn_id=conn_id,
             )
+
+    def checker(self, owner: str, kind: str = "connection") -> Callable[[SecretReference], None] | None:
+        """The check to run before resolving each reference of one connection (or variable).
+
+        ``allowed_conn_ids`` applies to connections; ``allowed_secrets`` to both.
+        """
+        if self.unrestricted:
+            return None
+
+        def check(ref: SecretReference) -> None:
+            if kind == "connection":
+                self.check_connection(owner)
+            self.check_reference(ref)
+
+        return check
