@@ -544,7 +544,7 @@ def sources(results: list[dict[str, Any]]) -> list[str]:
     """Where each task process's value came from, as its log line says."""
     found = []
     for result in results:
-        lines = [msg for _, msg in result["log"] if "resolved" in msg]
+        lines = [msg for _, msg in result["log"] if msg.endswith(": ok")]
         found.append(lines[0].rsplit(" from ", 1)[1].rsplit(" in ", 1)[0] if lines else "-")
     return found
 
