@@ -22,7 +22,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -33,8 +33,10 @@ import psutil
 
 __all__ = ["AirflowStandalone", "AirflowStandaloneError"]
 
-# Env var stamped on every process we start; children (forks, task runners in their own process
-# group) inherit it, so stop() can find and kill anything that escaped the process groups.
+# Two marks on every process we start, so stop() can find anything that escaped the process
+# groups (task runners call setpgid) or was orphaned: an env var (survives exec, but Airflow's
+# setproctitle() overwrites /proc/<pid>/environ) and an inherited open fd on a marker file
+# (survives fork and setproctitle, but not exec with close_fds).
 _MARKER_ENV = "AIRFLOW_STANDALONE_HARNESS_ID"
 
 _SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
@@ -78,6 +80,26 @@ def _tail(path: Path, lines: int = 60) -> str:
     except OSError as exc:
         return f"<cannot read {path}: {exc}>"
     return "\n".join(text.splitlines()[-lines:])
+
+
+def _is_live(proc: psutil.Process) -> bool:
+    """Return True if `proc` still runs (a zombie only awaits reaping by its parent: not live)."""
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _wait_gone(procs: Iterable[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Wait up to `timeout` s for `procs` to exit or turn zombie; return those still live."""
+    # Not psutil.wait_procs: it counts zombies (children of other dying processes) as alive
+    # and so always burns the full timeout.
+    deadline = time.monotonic() + timeout
+    alive = [p for p in procs if _is_live(p)]
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.05)
+        alive = [p for p in alive if _is_live(p)]
+    return alive
 
 
 def _default_airflow_bin() -> str:
@@ -126,9 +148,13 @@ class AirflowStandalone:
         self._caller_config = dict(config or {})
         self._reuse_db_template = reuse_db_template
         self._marker = uuid.uuid4().hex
+        self._marker_fd: int | None = None
         self._components: dict[str, _Component] = {}
         self._token: str | None = None
+        self.admin_user = "admin"
+        self.admin_password = uuid.uuid4().hex
         self._started_at: float | None = None
+        self._ready = False
         self._stopped = False
 
         self.home.mkdir(parents=True, exist_ok=True)
@@ -137,7 +163,10 @@ class AirflowStandalone:
         (self.home / "plugins").mkdir(exist_ok=True)
         self.config = self._build_config(parallelism)
         self.cfg_path = self.home / "airflow.cfg"
+        self._marker_path = self.home / f".harness-{self._marker}"
         self._write_config()
+        pw_file = Path(self.config[("core", "simple_auth_manager_passwords_file")])
+        pw_file.write_text(json.dumps({self.admin_user: self.admin_password}) + "\n")
         self.env = self._build_env(env or {})
 
     # ------------------------------------------------------------------ setup
@@ -153,13 +182,19 @@ class AirflowStandalone:
             # LocalExecutor forks `parallelism` workers up front; 2 cores do not need 32 of them.
             ("core", "parallelism"): str(parallelism),
             ("core", "max_active_tasks_per_dag"): str(parallelism),
-            # Auth: every API caller is admin, so the harness needs no login; a token is still fetched.
+            # Auth: SimpleAuthManager with one admin whose password we pre-write, so the harness
+            # logs in via POST /auth/token. Not `simple_auth_manager_all_admins`: its middleware
+            # appends a UI-audience Authorization header to *every* request, Execution API
+            # included, where it only works because the task's own header comes first.
             ("core", "auth_manager"): _SIMPLE_AUTH_MANAGER,
-            ("core", "simple_auth_manager_all_admins"): "True",
+            ("core", "simple_auth_manager_all_admins"): "False",
+            ("core", "simple_auth_manager_users"): f"{self.admin_user}:admin",
+            ("core", "simple_auth_manager_passwords_file"): str(home / "simple_auth_manager_passwords.json"),
             # Secrets must be identical in every process: the scheduler signs task JWTs which the
             # API server validates. Left unset, each process would generate its own random one.
             ("core", "fernet_key"): base64.urlsafe_b64encode(os.urandom(32)).decode(),
-            ("api_auth", "jwt_secret"): base64.b64encode(os.urandom(32)).decode(),
+            # 64 bytes: shorter keys make every JWT decode log an InsecureKeyLengthWarning.
+            ("api_auth", "jwt_secret"): base64.b64encode(os.urandom(64)).decode(),
             ("api", "secret_key"): base64.b64encode(os.urandom(16)).decode(),
             # Tasks talk to the API server; default is http://localhost:8080, wrong port and maybe ::1.
             ("core", "execution_api_server_url"): f"{self.base_url}/execution/",
@@ -171,9 +206,14 @@ class AirflowStandalone:
             ("api", "port"): str(self.port),
             ("api", "base_url"): self.base_url,
             ("api", "workers"): "1",
-            # Scheduler: wake up quickly so a queued run / finished task is acted on within ~0.5 s.
-            ("scheduler", "scheduler_idle_sleep_time"): "0.5",
+            # Scheduler: idle loop every 0.2 s (default 1 s): a triggered 2-task run takes ~1.2 s instead
+            # of ~3 s, for ~6 % of one core while idle.
+            ("scheduler", "scheduler_idle_sleep_time"): "0.2",
             ("scheduler", "enable_health_check"): "False",
+            # The task supervisor's select() loop only re-checks for its exited child every
+            # min_heartbeat_interval s (default 5) once the sockets hit EOF, so each finished task
+            # keeps its LocalExecutor worker (and an executor slot) busy ~5 s and delays stop().
+            ("workers", "min_heartbeat_interval"): "1",
             # Dag processor: notice new/changed files within ~2 s (defaults 300 s / 5 s).
             ("dag_processor", "refresh_interval"): "2",
             ("dag_processor", "bundle_refresh_check_interval"): "1",
@@ -215,6 +255,12 @@ class AirflowStandalone:
         no_proxy = ",".join(p for p in ["127.0.0.1", "localhost", env.get("NO_PROXY", "")] if p)
         env["NO_PROXY"] = env["no_proxy"] = no_proxy
         env["PYTHONUNBUFFERED"] = "1"
+        # Each component imports ~1000 modules; with PYTHONDONTWRITEBYTECODE (set on this machine)
+        # every process recompiles them all (~40% of start-up CPU). Caching bytecode under a
+        # separate prefix keeps the source tree/venv untouched while later starts reuse it.
+        if "PYTHONPYCACHEPREFIX" not in extra:
+            env.pop("PYTHONDONTWRITEBYTECODE", None)
+            env["PYTHONPYCACHEPREFIX"] = str(Path(tempfile.gettempdir()) / "airflow-standalone-pycache")
         env.update(extra)
         env[_MARKER_ENV] = self._marker
         return env
@@ -222,6 +268,9 @@ class AirflowStandalone:
     def _init_db(self) -> None:
         """Create the metadata DB, copying a cached freshly-migrated sqlite DB when possible."""
         db_path = self.home / "airflow.db"
+        # A reused home may hold the WAL of an earlier run, which sqlite would replay onto the new DB.
+        for stale in (db_path, Path(f"{db_path}-wal"), Path(f"{db_path}-shm")):
+            stale.unlink(missing_ok=True)
         conn = self.config[("database", "sql_alchemy_conn")]
         if not self._reuse_db_template or conn != f"sqlite:///{db_path}":
             self.run_cli("db", "migrate", timeout=300)
@@ -259,7 +308,10 @@ class AirflowStandalone:
         if self._components:
             raise AirflowStandaloneError("already started")
         self._started_at = time.monotonic()
-        atexit.register(self.stop)
+        self._stopped = False
+        atexit.register(self.stop)  # safety net for callers that forget `with`
+        self._marker_path.touch()
+        self._marker_fd = os.open(self._marker_path, os.O_RDONLY | os.O_CLOEXEC)
         t0 = time.monotonic()
         self._init_db()
         self.timings["db_init"] = time.monotonic() - t0
@@ -282,6 +334,7 @@ class AirflowStandalone:
                 stdin=subprocess.DEVNULL,
                 stdout=comp.log_file,
                 stderr=subprocess.STDOUT,
+                pass_fds=(self._marker_fd,),
                 # Own session/process group: stop() can killpg the whole tree, and a Ctrl-C in the
                 # test terminal does not race our orderly shutdown.
                 start_new_session=True,
@@ -290,8 +343,11 @@ class AirflowStandalone:
 
     def wait_ready(self, timeout: float = 120.0) -> None:
         """Block until the API server answers and every started component heartbeats as healthy."""
+        if not self._components:
+            raise AirflowStandaloneError("not started: use `with AirflowStandalone(...)` or call start()")
         deadline = time.monotonic() + timeout
         wanted = ["scheduler", "dag_processor"] + (["triggerer"] if self._triggerer else [])
+        warmed = False
         last: Any = None
         while time.monotonic() < deadline:
             self._check_alive()
@@ -300,50 +356,58 @@ class AirflowStandalone:
             except (OSError, AirflowStandaloneError) as exc:
                 last = exc
             else:
+                if not warmed:
+                    # The Execution API sub-app initialises lazily on its first request (1-2.5 s of
+                    # CPU); pay that now, while the other components may still be starting, rather
+                    # than inside the first task's `PATCH .../run` call.
+                    with contextlib.suppress(OSError, AirflowStandaloneError):
+                        self._request("GET", "/execution/health", auth=False)
+                    warmed = True
+                    continue
                 if all((last.get(c) or {}).get("status") == "healthy" for c in wanted):
                     if self._started_at is not None and "ready" not in self.timings:
                         self.timings["ready"] = time.monotonic() - self._started_at
+                    self._ready = True
                     return
             time.sleep(0.25)
         raise AirflowStandaloneError(f"Airflow not ready after {timeout}s; last health: {last!r}\n{self._diag()}")
 
-    def stop(self, grace: float = 5.0) -> None:
+    def stop(self, grace: float = 3.0) -> None:
         """Terminate every process we started (whole trees, incl. escaped task runners); idempotent."""
         if self._stopped:
             return
         self._stopped = True
+        t_stop = time.monotonic()
         atexit.unregister(self.stop)
         # Snapshot the trees *before* signalling: once a parent dies its children are reparented
         # and no longer reachable via children().
-        procs: dict[int, psutil.Process] = {}
+        # Task runners get their own process group (Airflow calls setpgid), so killpg alone misses them.
+        procs = {p.pid: p for p in self.running_processes()}
         for comp in self._components.values():
-            if comp.popen is None:
+            if comp.popen is None or comp.popen.poll() is not None:
                 continue
-            with contextlib.suppress(psutil.Error):
-                root = psutil.Process(comp.popen.pid)
-                procs[root.pid] = root
-                for child in root.children(recursive=True):
-                    procs[child.pid] = child
-        # Task runners get their own process group (Airflow calls setpgid), so killpg misses them.
-        for proc in self._marked_processes():
-            procs.setdefault(proc.pid, proc)
+            if comp.name == "api-server":
+                # Nothing to flush, and after uvicorn's 0.2 s shutdown CPython spends ~5 s of CPU
+                # finalising the FastAPI app: kill it outright.
+                self._killpg(comp, signal.SIGKILL)
+            else:
+                # SIGTERM the component's main process only, as `airflow standalone` does. Signalling
+                # the whole group would also kill idle LocalExecutor workers, possibly while one holds
+                # the task-queue lock; the rest then never receive their poison pill and the
+                # scheduler's LocalExecutor.end() waits on them forever.
+                comp.popen.send_signal(signal.SIGTERM)
+        # Wait for the main processes only: once one has shut down, whatever it leaves behind (an
+        # idle worker it failed to join, a task runner) has no purpose and is killed right away.
+        roots = [procs[c.popen.pid] for c in self._components.values() if c.popen and c.popen.pid in procs]
+        _wait_gone(roots, grace)
         for comp in self._components.values():
-            if comp.popen is not None and comp.popen.poll() is None:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(comp.popen.pid, signal.SIGTERM)
-        for proc in procs.values():
-            with contextlib.suppress(psutil.Error):
-                proc.terminate()
-        _, alive = psutil.wait_procs(list(procs.values()), timeout=grace)
+            self._killpg(comp, signal.SIGKILL)
+        alive = [p for p in procs.values() if _is_live(p)]
         for proc in alive:
             with contextlib.suppress(psutil.Error):
                 proc.kill()
-        for comp in self._components.values():
-            if comp.popen is not None:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(comp.popen.pid, signal.SIGKILL)
-        psutil.wait_procs(alive, timeout=grace)
-        # Anything forked during shutdown (e.g. a worker respawn) still carries the marker.
+        _wait_gone(alive, grace)
+        # Anything forked during shutdown (e.g. a LocalExecutor worker respawn) carries a marker.
         for _ in range(3):
             stragglers = self._marked_processes()
             if not stragglers:
@@ -351,13 +415,26 @@ class AirflowStandalone:
             for proc in stragglers:
                 with contextlib.suppress(psutil.Error):
                     proc.kill()
-            psutil.wait_procs(stragglers, timeout=grace)
+            _wait_gone(stragglers, grace)
         for comp in self._components.values():
             if comp.popen is not None:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     comp.popen.wait(timeout=grace)  # reap, so no zombies stay behind
             if comp.log_file is not None:
                 comp.log_file.close()
+        if self._marker_fd is not None:
+            os.close(self._marker_fd)
+            self._marker_fd = None
+        self._marker_path.unlink(missing_ok=True)
+        if self._started_at is not None:
+            self.timings["stop"] = time.monotonic() - t_stop
+
+    @staticmethod
+    def _killpg(comp: _Component, sig: signal.Signals) -> None:
+        """Send `sig` to the component's process group (its pgid is its pid: start_new_session)."""
+        if comp.popen is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(comp.popen.pid, sig)
 
     def __enter__(self) -> AirflowStandalone:
         """Start the components; a failed start still cleans up."""
@@ -400,17 +477,26 @@ class AirflowStandalone:
     # ------------------------------------------------------------------- API
 
     def trigger(self, dag_id: str, conf: Mapping[str, Any] | None = None, timeout: float = 60.0) -> str:
-        """Wait for `dag_id` to be parsed, unpause it, create a manual run and return its run_id."""
+        """Wait for readiness and for `dag_id` to be parsed, unpause it, start a manual run, return its run_id."""
         deadline = time.monotonic() + timeout
+        if not self._ready:
+            self.wait_ready(timeout)
         quoted = urllib.parse.quote(dag_id, safe="")
+        errors_seen_at: float | None = None
         while True:
             self._check_alive()
             status, _ = self._request_status("GET", f"/api/v2/dags/{quoted}")
             if status == 200:
                 break
+            if status == 401:
+                self._token = None  # re-login on the next call
             errors = self._import_errors()
             if errors:
-                raise AirflowStandaloneError(f"DAG {dag_id!r} not found; import errors:\n{errors}")
+                # Some file failed to import. Give a good file of the same parsing pass a moment to
+                # show up, then fail fast with the traceback instead of waiting out the timeout.
+                errors_seen_at = errors_seen_at or time.monotonic()
+                if time.monotonic() - errors_seen_at > 5:
+                    raise AirflowStandaloneError(f"DAG {dag_id!r} not found; import errors:\n{errors}")
             if time.monotonic() > deadline:
                 raise AirflowStandaloneError(f"DAG {dag_id!r} not parsed after {timeout}s\n{self._diag()}")
             time.sleep(0.25)
@@ -437,24 +523,32 @@ class AirflowStandalone:
 
     def task_states(self, dag_id: str, run_id: str) -> dict[str, str | None]:
         """Return {task_id (or task_id[map_index] when mapped): state} for one run."""
-        path = (
-            f"/api/v2/dags/{urllib.parse.quote(dag_id, safe='')}"
-            f"/dagRuns/{urllib.parse.quote(run_id, safe='')}/taskInstances"
-        )
         states: dict[str, str | None] = {}
-        offset = 0
-        while True:
-            page = self._request("GET", f"{path}?limit=100&offset={offset}")
-            tis = page.get("task_instances", [])
-            for ti in tis:
-                key = ti["task_id"] if ti.get("map_index", -1) < 0 else f"{ti['task_id']}[{ti['map_index']}]"
-                states[key] = ti.get("state")
-            offset += len(tis)
-            if not tis or offset >= page.get("total_entries", 0):
-                return states
+        for ti in self._task_instances(dag_id, run_id):
+            key = ti["task_id"] if ti.get("map_index", -1) < 0 else f"{ti['task_id']}[{ti['map_index']}]"
+            states[key] = ti.get("state")
+        return states
 
-    def task_log_files(self, dag_id: str, run_id: str) -> list[Path]:
-        """Return the task log files of one run under home/logs (all tasks, all attempts)."""
+    def task_log_files(self, dag_id: str, run_id: str, settle_timeout: float = 10.0) -> list[Path]:
+        """Return the run's task log files under home/logs, once finished tasks' logs are complete."""
+        # A log file is written by the task's supervisor (a LocalExecutor worker), which goes on
+        # draining the task's sockets for up to [workers] min_heartbeat_interval after the state
+        # turned final, so a just-finished run may still lack its last lines. While it works, the
+        # supervisor's (and task process's) title contains the TI id: wait for those to go.
+        done_ids = [
+            str(ti["id"])
+            for ti in self._task_instances(dag_id, run_id)
+            if ti.get("state") not in (None, "scheduled", "queued", "running", "deferred", "restarting")
+        ]
+        deadline = time.monotonic() + settle_timeout
+        while done_ids and time.monotonic() < deadline:
+            titles = []
+            for proc in self.running_processes():
+                with contextlib.suppress(psutil.Error):
+                    titles.append(" ".join(proc.cmdline()))
+            if not any(ti_id in title for ti_id in done_ids for title in titles):
+                break
+            time.sleep(0.1)
         logs = self.home / "logs"
         # Default template: dag_id=<d>/run_id=<r>/task_id=<t>/[map_index=<i>/]attempt=<n>.log
         run_dir = logs / f"dag_id={dag_id}" / f"run_id={run_id}"
@@ -469,11 +563,39 @@ class AirflowStandalone:
             and run_id in str(p.relative_to(logs))
         )
 
+    def running_processes(self) -> list[psutil.Process]:
+        """Return every live process of this harness: component trees plus marked escapees."""
+        found: dict[int, psutil.Process] = {}
+        for comp in self._components.values():
+            if comp.popen is None:
+                continue
+            with contextlib.suppress(psutil.Error):
+                root = psutil.Process(comp.popen.pid)
+                for proc in [root, *root.children(recursive=True)]:
+                    found[proc.pid] = proc
+        for proc in self._marked_processes():
+            found.setdefault(proc.pid, proc)
+        return [p for p in found.values() if _is_live(p)]
+
     def component_logs(self) -> dict[str, Path]:
         """Return {component name: its stdout/stderr log file}."""
         return {name: comp.log_path for name, comp in self._components.items()}
 
     # -------------------------------------------------------------- internals
+
+    def _task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
+        """Return the REST API task-instance records of one run (all pages)."""
+        path = (
+            f"/api/v2/dags/{urllib.parse.quote(dag_id, safe='')}"
+            f"/dagRuns/{urllib.parse.quote(run_id, safe='')}/taskInstances"
+        )
+        tis: list[dict[str, Any]] = []
+        while True:
+            page = self._request("GET", f"{path}?limit=100&offset={len(tis)}")
+            batch = page.get("task_instances", [])
+            tis.extend(batch)
+            if not batch or len(tis) >= page.get("total_entries", 0):
+                return tis
 
     def _import_errors(self) -> str:
         """Return the current DAG import errors as text ('' if none)."""
@@ -484,8 +606,9 @@ class AirflowStandalone:
         return "\n".join(f"{e.get('filename')}: {e.get('stack_trace')}" for e in data.get("import_errors", []))
 
     def _get_token(self) -> str:
-        """Fetch a JWT from the all-admins SimpleAuthManager token endpoint."""
-        data = self._request("GET", "/auth/token", auth=False)
+        """Log in as the admin user and return the API JWT."""
+        body = {"username": self.admin_user, "password": self.admin_password}
+        data = self._request("POST", "/auth/token", body, auth=False)
         return str(data["access_token"])
 
     def _request_status(
@@ -541,15 +664,25 @@ class AirflowStandalone:
         )
 
     def _marked_processes(self) -> list[psutil.Process]:
-        """Return live processes (other than us) whose environment carries this harness's marker."""
+        """Return live processes (other than us) carrying this harness's env or fd marker."""
         found: list[psutil.Process] = []
-        needle = self._marker
+        marker_path = str(self._marker_path)
         for proc in psutil.process_iter():
             if proc.pid == os.getpid():
                 continue
             try:
-                if proc.environ().get(_MARKER_ENV) == needle and proc.status() != psutil.STATUS_ZOMBIE:
+                if proc.status() == psutil.STATUS_ZOMBIE:
+                    continue
+                marked = proc.environ().get(_MARKER_ENV) == self._marker
+                if not marked:
+                    fd_dir = f"/proc/{proc.pid}/fd"
+                    for fd in os.listdir(fd_dir):
+                        with contextlib.suppress(OSError):
+                            if os.readlink(f"{fd_dir}/{fd}") == marker_path:
+                                marked = True
+                                break
+                if marked:
                     found.append(proc)
-            except psutil.Error:
+            except (psutil.Error, OSError):
                 continue
         return found
