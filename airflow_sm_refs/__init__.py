@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+# Airflow first: importing it may build the configured secrets backend, which
+# imports this package; it must find Airflow done, not half-imported.
+import airflow  # noqa: F401
+
 from airflow_sm_refs._exceptions import (
     ReferenceNotAllowedError,
     ReferenceSyntaxError,
@@ -29,8 +33,19 @@ __all__ = [
     "SecretReferenceError",
     "SecretTransientError",
     "SecretsManagerRefsBackend",
+    "SecretsManagerRefsHook",
     "WorkerCache",
     "clear_worker_cache",
     "parse_reference",
     "split_references",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # The hook pulls in the Amazon provider's hook machinery; load it only when
+    # asked for, not every time Airflow loads the backend.
+    if name == "SecretsManagerRefsHook":
+        from airflow_sm_refs.hook import SecretsManagerRefsHook
+
+        return SecretsManagerRefsHook
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -224,7 +224,7 @@ class SecretsManagerRefsBackend(BaseSecretsBackend):
             raw = self._ask_chain("get_variable", key, team_name)
             if raw is None:
                 return None
-            return self._expansion(key, "variable").text(raw, "value")
+            return self._expansion(key, "variable").variable(raw)
 
     def get_config(self, key: str) -> str | None:
         """Configuration is not served by this backend."""

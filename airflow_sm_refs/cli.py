@@ -12,22 +12,20 @@ It never prints a value. Exit codes: 0 all resolved, 1 something failed,
 
 from __future__ import annotations
 
-# Import airflow before anything of ours: the backend module imports from
-# airflow, and airflow must finish its own start-up (configuration, logging,
-# secrets) first.
-import airflow  # noqa: F401, I001
-
 import argparse
 import json
 import logging
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, NoReturn, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
-from airflow_sm_refs._exceptions import ReferenceSyntaxError, SecretReferenceError
-from airflow_sm_refs.expand import CONNECTION_FIELDS
-from airflow_sm_refs.reference import SecretReference, has_reference, parse_reference, split_references
+# The rest of the package is imported inside functions, after main() has
+# imported airflow: Airflow builds the configured backend while it imports
+# itself, and a configuration it cannot start with must be one line, not a
+# traceback from an import at the top of this module.
+if TYPE_CHECKING:
+    from airflow_sm_refs.reference import SecretReference
 
 __all__ = ["main"]
 
@@ -122,29 +120,36 @@ def _configured_backend() -> ConfiguredBackend:
     return ConfiguredBackend(SecretsManagerRefsBackend(), configured, note)
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    # A database error carries the driver's own error as ``orig``; its SQL is noise here.
+    text = " ".join(str(getattr(exc, "orig", None) or exc).split())
+    if len(text) > limit:
+        text = text[:limit] + "..."
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 # --- finding the raw connection ------------------------------------------------------
 def _raw_sources(other: Any | None) -> list[tuple[str, Any]]:
-    """Where a task finds a connection, less this package's backend.
+    """Where a task finds a connection, in the same order, less this package's backend.
 
-    A task asks the Execution API for connections stored in the metastore;
-    a command on the worker cannot, so it reads the metastore directly when
-    it can reach it.
+    A task asks its own chain (the ``[workers]`` backend, environment
+    variables), then the API server, whose chain is the ``[secrets]`` backend,
+    its environment and the metastore. A command on the worker cannot ask the
+    API server as a task does, so it asks the ``[secrets]`` backend and the
+    metastore itself, when it can reach them.
     """
     from airflow.sdk.definitions.connection import Connection
     from airflow.secrets.environment_variables import EnvironmentVariablesBackend
 
     sources: list[tuple[str, Any]] = []
     if other is not None:
-        other._set_connection_class(Connection)
         sources.append((type(other).__name__, other))
-    environment = EnvironmentVariablesBackend()
-    environment._set_connection_class(Connection)
-    sources.append(("environment variables", environment))
+    sources.append(("environment variables", EnvironmentVariablesBackend()))
+    server = _server_backend()
+    if server is not None:
+        sources.append((f"{type(server).__name__} ([secrets] backend)", server))
+    for _, source in sources:
+        source._set_connection_class(Connection)
     try:
         from airflow.secrets.metastore import MetastoreBackend
 
@@ -154,8 +159,25 @@ def _raw_sources(other: Any | None) -> list[tuple[str, Any]]:
     return sources
 
 
+def _server_backend() -> Any | None:
+    """The ``[secrets]`` backend the API server asks, when ``[workers]`` names another one and it is not ours."""
+    from airflow.sdk.configuration import conf
+
+    from airflow_sm_refs.backend import SecretsManagerRefsBackend
+
+    if not conf.get("workers", "secrets_backend", fallback=""):
+        return None  # tasks use the [secrets] backend themselves: it is already in the chain
+    try:
+        server = conf._get_custom_secret_backend(worker_mode=False)
+    except Exception as exc:
+        raise UsageError(f"cannot build the [secrets] backend: {_one_line(exc)}") from None
+    return None if server is None or isinstance(server, SecretsManagerRefsBackend) else server
+
+
 def _find_connection(conn_id: str, sources: list[tuple[str, Any]]) -> tuple[Any | None, list[str]]:
     """The raw connection, and what went wrong in the sources that could not be asked."""
+    from airflow_sm_refs._exceptions import SecretReferenceError
+
     problems: list[str] = []
     for name, source in sources:
         try:
@@ -163,7 +185,7 @@ def _find_connection(conn_id: str, sources: list[tuple[str, Any]]) -> tuple[Any 
         except SecretReferenceError:
             raise
         except Exception as exc:
-            problems.append(f"{name} not readable ({_one_line(exc)[:160]})")
+            problems.append(f"{name} not readable ({_one_line(exc, 160)})")
             continue
         if conn is not None:
             return conn, problems
@@ -181,6 +203,9 @@ class Found:
 
 
 def _references_in_text(value: str, field: str) -> Iterator[Found]:
+    from airflow_sm_refs._exceptions import ReferenceSyntaxError
+    from airflow_sm_refs.reference import SecretReference, has_reference, split_references
+
     if not has_reference(value):
         return
     try:
@@ -207,20 +232,28 @@ def _references_in_json(value: Any, path: str) -> Iterator[Found]:
 
 def references_in_connection(conn: Any) -> list[Found]:
     """Every reference in ``conn``, field by field, in the order the expansion resolves them."""
+    from airflow_sm_refs.expand import CONNECTION_FIELDS, _extra_may_hold_references
+    from airflow_sm_refs.reference import has_reference
+
     found: list[Found] = []
     for name in CONNECTION_FIELDS:
         value = getattr(conn, name, None)
         if isinstance(value, str):
             found.extend(_references_in_text(value, name))
     extra = getattr(conn, "extra", None)
-    if isinstance(extra, str) and has_reference(extra):
+    # The expansion's own rule, so a reference hidden by JSON escapes is listed too.
+    if isinstance(extra, str) and _extra_may_hold_references(extra):
         try:
             document = json.loads(extra)
         except ValueError:
-            found.append(
-                Found("extra", error="extra holds a reference but is not valid JSON; references in extra "
-                      "are only expanded in JSON string values")
-            )
+            if has_reference(extra):
+                found.append(
+                    Found(
+                        "extra",
+                        error="extra holds a reference but is not valid JSON; references in extra "
+                        "are only expanded in JSON string values",
+                    )
+                )
         else:
             found.extend(_references_in_json(document, "extra"))
     return found
@@ -235,6 +268,8 @@ def _table(rows: list[tuple[str, ...]], out: TextIO) -> None:
 
 
 def _check_one(conn_id: str, setup: ConfiguredBackend, sources: list[tuple[str, Any]], out: TextIO) -> bool:
+    from airflow_sm_refs._exceptions import SecretReferenceError
+
     conn, problems = _find_connection(conn_id, sources)
     if conn is None:
         looked = ", ".join(name for name, _ in sources)
@@ -299,6 +334,9 @@ def _describe(ref: SecretReference, out: TextIO) -> None:
 
 def command_parse(token: str, out: TextIO, err: TextIO) -> int:
     """Show how ``token`` is read: one whole token, or each token in a longer value."""
+    from airflow_sm_refs._exceptions import ReferenceSyntaxError
+    from airflow_sm_refs.reference import SecretReference, parse_reference, split_references
+
     try:
         if token.strip(" \t").startswith("{{") and token.count("{{") == 1 and token.strip(" \t").endswith("}}"):
             references = [parse_reference(token.strip(" \t"))]
@@ -318,34 +356,60 @@ def command_parse(token: str, out: TextIO, err: TextIO) -> int:
 
 
 def command_cache_clear(directory: str | None, out: TextIO) -> int:
-    """Remove every entry of the per-worker cache."""
-    try:
-        from airflow_sm_refs.worker_cache import clear_worker_cache
-    except ImportError:  # pragma: no cover - ships with the package
-        raise UsageError("this installation has no per-worker cache") from None
+    """Remove every entry of the per-worker cache: the configured directory, or ``directory``."""
+    from airflow_sm_refs.worker_cache import clear_worker_cache, default_worker_cache_dir
+
     if directory is None:
-        directory = _configured_shared_cache_dir()
+        try:
+            directory = _configured_shared_cache_dir() or default_worker_cache_dir()
+        except UsageError as exc:
+            # Clearing some other directory instead would look like success.
+            raise UsageError(f"{exc}; name the cache directory with --dir") from None
+    if directory is None:
+        print("no per-worker cache on this machine (no /dev/shm and no shared_cache_dir): nothing to clear", file=out)
+        return EXIT_OK
     try:
         removed = clear_worker_cache(directory)
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"cannot clear the per-worker cache: {_one_line(exc)}") from None
-    where = f" in {directory}" if directory else ""
-    print(f"cleared {removed} entr{'y' if removed == 1 else 'ies'} from the per-worker cache{where}", file=out)
+    except OSError as exc:
+        raise UsageError(f"cannot clear the per-worker cache in {directory}: {_one_line(exc)}") from None
+    print(f"cleared {removed} entr{'y' if removed == 1 else 'ies'} from the per-worker cache in {directory}", file=out)
     return EXIT_OK
 
 
 def _configured_shared_cache_dir() -> str | None:
-    """``shared_cache_dir`` of the configured backend, if it is this package's and sets one."""
+    """``shared_cache_dir`` of the configured backend, if it is this package's and names one."""
     setup = _configured_backend()
-    if setup.other is not None or setup.note:
+    if setup.note is not None:
         return None
     return getattr(setup.backend, "shared_cache_dir", None)
+
+
+def _start_airflow() -> None:
+    """Import airflow before anything of ours, as every entry point of the package does.
+
+    Airflow builds the configured secrets backend while it imports itself;
+    a configuration it cannot start with is one line here, not a traceback.
+    """
+    try:
+        import airflow  # noqa: F401
+    except Exception as exc:
+        raise UsageError(f"Airflow cannot start with this configuration: {_one_line(exc)}") from None
+    # Airflow's logging setup prints library chatter (botocore's "Found
+    # credentials...") on stdout, among the results.
+    for name in ("botocore", "boto3", "urllib3"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code."""
     args = _build_parser().parse_args(argv)
     out, err = sys.stdout, sys.stderr
+    try:
+        _start_airflow()
+        from airflow_sm_refs._exceptions import SecretReferenceError
+    except UsageError as exc:
+        print(f"airflow-sm-refs: error: {exc}", file=err)
+        return EXIT_USAGE
     try:
         if args.command == "check":
             return command_check(args.conn_ids, out, err)

@@ -150,22 +150,39 @@ class Expansion:
 
     def extra(self, extra: str) -> str:
         """Expand the connection's ``extra`` JSON and serialise it again; unchanged text if it has none."""
-        if not _extra_may_hold_references(extra):
-            return extra
+        return self.json_text(extra, "extra", must_be_json=True)
+
+    def variable(self, value: str) -> str:
+        """Expand a Variable's value: structurally when it is JSON, as text otherwise."""
+        return self.json_text(value, "value", must_be_json=False)
+
+    def json_text(self, text: str, field: str, *, must_be_json: bool) -> str:
+        """Expand string values inside JSON ``text`` and serialise it again.
+
+        A secret with quotes, backslashes or JSON-looking text then changes
+        nothing but its own value. Text that is not JSON is an error when
+        ``must_be_json`` (a connection's extra), else it is expanded as text.
+        """
+        if not _extra_may_hold_references(text):
+            return text
         try:
-            document = json.loads(extra)
+            document = json.loads(text)
         except ValueError:
-            if not has_reference(extra):
-                return extra
+            if not must_be_json:
+                return self.text(text, field)
+            if not has_reference(text):
+                return text
             raise ReferenceSyntaxError(
-                "extra holds a reference but is not valid JSON; references in extra are only "
+                f"{field} holds a reference but is not valid JSON; references in {field} are only "
                 "expanded in JSON string values",
                 conn_id=self.conn_id,
-                field="extra",
+                field=field,
             ) from None
+        if not must_be_json and not isinstance(document, (dict, list, str)):
+            return self.text(text, field)
         before = self.references
-        expanded = self.json_value(document, "extra")
-        return extra if self.references == before else json.dumps(expanded)
+        expanded = self.json_value(document, field)
+        return text if self.references == before else json.dumps(expanded)
 
 
 def _extra_may_hold_references(extra: str) -> bool:

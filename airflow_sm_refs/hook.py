@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
 
@@ -20,6 +20,9 @@ from airflow_sm_refs.resolver import (
     DEFAULT_STALE_IF_ERROR_SECONDS,
     SecretResolver,
 )
+
+if TYPE_CHECKING:
+    from airflow_sm_refs.worker_cache import WorkerCache
 
 __all__ = ["SecretsManagerRefsHook"]
 
@@ -48,9 +51,14 @@ class SecretsManagerRefsHook(AwsBaseHook):
     :param cache_ttl_seconds: how long a fetched secret is served before it is fetched again. Default 300.
     :param stale_if_error_seconds: after expiry, how long a value may still be served when AWS
         fails for a transient reason. Default 300.
-    :param shared_cache: use the per-worker cache shared by the task processes of this machine.
-        ``None``: the per-worker cache's own default.
-    :param shared_cache_dir: directory of the per-worker cache. ``None``: its default (RAM-backed).
+    :param shared_cache: share cached secrets with every task process of the worker, as the
+        backend does. Default ``True``.
+    :param shared_cache_dir: directory of the per-worker cache, private to the worker's user.
+        ``None``: ``/dev/shm/airflow-sm-refs-<uid>`` where ``/dev/shm`` exists, else no shared cache.
+    :param allowed_secrets: glob patterns of the secrets references may name, as for the backend.
+        ``None``: any secret the AWS identity can read.
+    :param allowed_conn_ids: glob patterns of the connections whose references are expanded.
+        ``None``: every connection.
     """
 
     hook_name = "AWS Secrets Manager references"
@@ -61,18 +69,23 @@ class SecretsManagerRefsHook(AwsBaseHook):
         *,
         cache_ttl_seconds: float = DEFAULT_CACHE_TTL_SECONDS,
         stale_if_error_seconds: float = DEFAULT_STALE_IF_ERROR_SECONDS,
-        shared_cache: bool | None = None,
+        shared_cache: bool = True,
         shared_cache_dir: str | None = None,
+        allowed_secrets: list[str] | None = None,
+        allowed_conn_ids: list[str] | None = None,
         **kwargs: Any,
     ) -> None:
+        from airflow_sm_refs.policy import AccessPolicy
+
         kwargs["client_type"] = "secretsmanager"
         super().__init__(aws_conn_id=aws_conn_id, **kwargs)
         if float(cache_ttl_seconds) < 0 or float(stale_if_error_seconds) < 0:
             raise ValueError("cache_ttl_seconds and stale_if_error_seconds must not be negative")
         self.cache_ttl_seconds = float(cache_ttl_seconds)
         self.stale_if_error_seconds = float(stale_if_error_seconds)
-        self.shared_cache = shared_cache
+        self.shared_cache = bool(shared_cache)
         self.shared_cache_dir = shared_cache_dir
+        self.policy = AccessPolicy.from_options(allowed_secrets, allowed_conn_ids)
 
     # --- AWS -----------------------------------------------------------------
     @cached_property
@@ -102,8 +115,9 @@ class SecretsManagerRefsHook(AwsBaseHook):
     @cached_property
     def resolver(self) -> SecretResolver:
         """The resolver for this hook's AWS identity; the caches are the backend's, shared per process."""
-        from airflow_sm_refs._aws import RegionalClients
+        from airflow_sm_refs._aws import RegionalClients, quiet_secret_bodies
 
+        quiet_secret_bodies()
         # The provider builds the clients, so every AWS connection option
         # (assume role, profile, endpoint, botocore config) works as for any AWS hook.
         clients = RegionalClients(
@@ -118,19 +132,15 @@ class SecretsManagerRefsHook(AwsBaseHook):
             shared=self._shared_tier(),
         )
 
-    def _shared_tier(self) -> Any:
-        try:
-            from airflow_sm_refs.worker_cache import open_worker_cache
-        except ImportError:  # pragma: no cover - the per-worker cache ships with the package
-            return None
-        kwargs: dict[str, Any] = {}
-        if self.shared_cache is not None:
-            kwargs["enabled"] = self.shared_cache
-        return open_worker_cache(self.shared_cache_dir, **kwargs)
+    def _shared_tier(self) -> WorkerCache | None:
+        from airflow_sm_refs.worker_cache import open_worker_cache
+
+        return open_worker_cache(self.shared_cache_dir, enabled=self.shared_cache and self.cache_ttl_seconds > 0)
 
     # --- expansion -----------------------------------------------------------
     def _expansion(self, conn_id: str | None, kind: str) -> Expansion:
-        return Expansion(self.resolver, conn_id=conn_id, kind=kind)
+        check = self.policy.checker(conn_id or "", kind)
+        return Expansion(self.resolver, conn_id=conn_id, kind=kind, check=check)
 
     def resolve(self, text: str) -> str:
         """Expand every reference in ``text``; text without references is returned as it is.
@@ -158,7 +168,7 @@ class SecretsManagerRefsHook(AwsBaseHook):
         is returned as it is, never scanned again, so a secret whose text looks
         like a reference stays literal.
 
-        :raises airflow.exceptions.AirflowNotFoundException: no such connection
+        :raises airflow.sdk.exceptions.AirflowNotFoundException: no such connection
         :raises SecretReferenceError: a reference is malformed or cannot be resolved
         """
         conn = self.get_connection(conn_id)
