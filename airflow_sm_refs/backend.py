@@ -137,13 +137,11 @@ class SecretsManagerRefsBackend(BaseSecretsBackend):
             "config_kwargs": config_kwargs,
             **kwargs,
         }
-        if float(cache_ttl_seconds) < 0 or float(stale_if_error_seconds) < 0:
-            raise ValueError("cache_ttl_seconds and stale_if_error_seconds must not be negative")
-        self.cache_ttl_seconds = float(cache_ttl_seconds)
-        self.stale_if_error_seconds = float(stale_if_error_seconds)
-        self.resolve_on_server = bool(resolve_on_server)
-        self.shared_cache = bool(shared_cache)
+        from airflow_sm_refs.resolver import CacheSettings
+
+        self.cache_settings = CacheSettings(cache_ttl_seconds, stale_if_error_seconds, shared_cache, shared_cache_dir)
         self.shared_cache_dir = shared_cache_dir
+        self.resolve_on_server = bool(resolve_on_server)
         from airflow_sm_refs.policy import AccessPolicy
 
         self.policy = AccessPolicy.from_options(allowed_secrets, allowed_conn_ids)
@@ -152,15 +150,8 @@ class SecretsManagerRefsBackend(BaseSecretsBackend):
     def resolver(self) -> SecretResolver:
         """The resolver for this backend's AWS identity (clients and caches are shared per process)."""
         from airflow_sm_refs._aws import clients_for_settings
-        from airflow_sm_refs.resolver import SecretResolver
-        from airflow_sm_refs.worker_cache import open_worker_cache
 
-        return SecretResolver(
-            clients_for_settings(self.aws_settings),
-            cache_ttl_seconds=self.cache_ttl_seconds,
-            stale_if_error_seconds=self.stale_if_error_seconds,
-            shared=open_worker_cache(self.shared_cache_dir, enabled=self.shared_cache and self.cache_ttl_seconds > 0),
-        )
+        return self.cache_settings.resolver_for(clients_for_settings(self.aws_settings))
 
     # --- the chain -----------------------------------------------------------
     def _steps_aside(self) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
 
@@ -20,9 +20,6 @@ from airflow_sm_refs.resolver import (
     DEFAULT_STALE_IF_ERROR_SECONDS,
     SecretResolver,
 )
-
-if TYPE_CHECKING:
-    from airflow_sm_refs.worker_cache import WorkerCache
 
 __all__ = ["SecretsManagerRefsHook"]
 
@@ -76,15 +73,11 @@ class SecretsManagerRefsHook(AwsBaseHook):
         **kwargs: Any,
     ) -> None:
         from airflow_sm_refs.policy import AccessPolicy
+        from airflow_sm_refs.resolver import CacheSettings
 
         kwargs["client_type"] = "secretsmanager"
         super().__init__(aws_conn_id=aws_conn_id, **kwargs)
-        if float(cache_ttl_seconds) < 0 or float(stale_if_error_seconds) < 0:
-            raise ValueError("cache_ttl_seconds and stale_if_error_seconds must not be negative")
-        self.cache_ttl_seconds = float(cache_ttl_seconds)
-        self.stale_if_error_seconds = float(stale_if_error_seconds)
-        self.shared_cache = bool(shared_cache)
-        self.shared_cache_dir = shared_cache_dir
+        self.cache_settings = CacheSettings(cache_ttl_seconds, stale_if_error_seconds, shared_cache, shared_cache_dir)
         self.policy = AccessPolicy.from_options(allowed_secrets, allowed_conn_ids)
 
     # --- AWS -----------------------------------------------------------------
@@ -125,17 +118,7 @@ class SecretsManagerRefsHook(AwsBaseHook):
             self.region_name,
             self.identity,
         )
-        return SecretResolver(
-            clients,
-            cache_ttl_seconds=self.cache_ttl_seconds,
-            stale_if_error_seconds=self.stale_if_error_seconds,
-            shared=self._shared_tier(),
-        )
-
-    def _shared_tier(self) -> WorkerCache | None:
-        from airflow_sm_refs.worker_cache import open_worker_cache
-
-        return open_worker_cache(self.shared_cache_dir, enabled=self.shared_cache and self.cache_ttl_seconds > 0)
+        return self.cache_settings.resolver_for(clients)
 
     # --- expansion -----------------------------------------------------------
     def _expansion(self, conn_id: str | None, kind: str) -> Expansion:

@@ -24,7 +24,7 @@ from airflow_sm_refs.cache import TTLCache
 from airflow_sm_refs.fetch import SecretPayload, fetch_secret
 from airflow_sm_refs.reference import SecretReference
 
-__all__ = ["SecretResolver", "PROCESS_CACHE", "ResolvedSecret", "clear_process_cache"]
+__all__ = ["CacheSettings", "SecretResolver", "PROCESS_CACHE", "ResolvedSecret", "clear_process_cache"]
 
 log = logging.getLogger("airflow_sm_refs")
 
@@ -138,6 +138,41 @@ class SecretResolver:
         payload, source = self.payload(ref)
         value = extract_value(ref, payload)
         return ResolvedSecret(value, source, time.perf_counter() - started)
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """The cache options the backend and the hook share, validated once.
+
+    :param cache_ttl_seconds: how long a fetched value is served; 0 disables caching
+    :param stale_if_error_seconds: how long past expiry a value may be served on transient failures
+    :param shared_cache: whether to use the per-worker tier
+    :param shared_cache_dir: its directory; ``None``: the default on ``/dev/shm``
+    """
+
+    cache_ttl_seconds: float = DEFAULT_CACHE_TTL_SECONDS
+    stale_if_error_seconds: float = DEFAULT_STALE_IF_ERROR_SECONDS
+    shared_cache: bool = True
+    shared_cache_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        ttl, stale = float(self.cache_ttl_seconds), float(self.stale_if_error_seconds)
+        if ttl < 0 or stale < 0:
+            raise ValueError("cache_ttl_seconds and stale_if_error_seconds must not be negative")
+        object.__setattr__(self, "cache_ttl_seconds", ttl)
+        object.__setattr__(self, "stale_if_error_seconds", stale)
+        object.__setattr__(self, "shared_cache", bool(self.shared_cache))
+
+    def resolver_for(self, clients: RegionalClients) -> SecretResolver:
+        """A resolver for ``clients`` with the process tier and, if enabled and safe, the worker tier."""
+        from airflow_sm_refs.worker_cache import open_worker_cache
+
+        return SecretResolver(
+            clients,
+            cache_ttl_seconds=self.cache_ttl_seconds,
+            stale_if_error_seconds=self.stale_if_error_seconds,
+            shared=open_worker_cache(self.shared_cache_dir, enabled=self.shared_cache and self.cache_ttl_seconds > 0),
+        )
 
 
 def extract_value(ref: SecretReference, payload: SecretPayload) -> str:

@@ -7,6 +7,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -173,6 +174,26 @@ def no_secret_value_in_logs_or_errors(
         for value in served:
             if value in text:
                 pytest.fail(f"a secret value served by AWS appears in a {where}: {text[:200]!r}")
+
+
+@contextmanager
+def postgres_server(user: str, password: str, database: str) -> Iterator[Any]:
+    """A real PostgreSQL server on loopback enforcing scram-sha-256.
+
+    Skipped where Debian's server binaries are missing, unless
+    ``AIRFLOW_SM_REFS_REQUIRE_POSTGRES`` is set (CI sets it, so a missing
+    install fails there instead of passing quietly).
+    """
+    from standins.postgres import PostgresServer, find_pg_bindir
+
+    try:
+        find_pg_bindir()
+    except RuntimeError as exc:
+        if os.environ.get("AIRFLOW_SM_REFS_REQUIRE_POSTGRES"):
+            raise
+        pytest.skip(f"PostgreSQL server binaries not installed: {exc}")
+    with PostgresServer(user=user, password=password, database=database) as server:
+        yield server
 
 
 class FakeClock:

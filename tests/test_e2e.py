@@ -9,7 +9,6 @@ every AWS call. Run alone with ``make e2e``.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ import pytest
 
 from standins.aws import AwsStandIn
 from standins.http_api import BearerTokenApi
+from tests.conftest import postgres_server
 
 pytestmark = pytest.mark.e2e
 
@@ -31,15 +31,7 @@ ROTATING = "e2e-rotating-password-5150"
 
 @pytest.fixture(scope="module")
 def postgres() -> Iterator[Any]:
-    from standins.postgres import PostgresServer, find_pg_bindir
-
-    try:
-        find_pg_bindir()
-    except RuntimeError as exc:
-        if os.environ.get("AIRFLOW_SM_REFS_REQUIRE_POSTGRES"):
-            raise
-        pytest.skip(f"PostgreSQL server binaries not installed: {exc}")
-    with PostgresServer(user=DB_USER, password=DB_PASSWORD, database="warehouse") as server:
+    with postgres_server(user=DB_USER, password=DB_PASSWORD, database="warehouse") as server:
         yield server
 
 

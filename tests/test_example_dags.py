@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +19,7 @@ import pytest
 
 from standins.aws import AwsStandIn
 from standins.http_api import BearerTokenApi
-from tests.conftest import FakeClock, configure_backend, set_conn
+from tests.conftest import FakeClock, configure_backend, postgres_server, set_conn
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "example_dags"
 DB_USER = "reporting"
@@ -30,15 +29,7 @@ DB_PASSWORD = "pg-Secret-'quoted'-\\-4471"
 @pytest.fixture(scope="module")
 def postgres() -> Iterator[Any]:
     """A real PostgreSQL server on loopback that enforces scram-sha-256."""
-    from standins.postgres import PostgresServer, find_pg_bindir
-
-    try:
-        find_pg_bindir()
-    except RuntimeError as exc:
-        if os.environ.get("AIRFLOW_SM_REFS_REQUIRE_POSTGRES"):
-            raise
-        pytest.skip(f"PostgreSQL server binaries not installed: {exc}")
-    with PostgresServer(user=DB_USER, password=DB_PASSWORD, database="warehouse") as server:
+    with postgres_server(user=DB_USER, password=DB_PASSWORD, database="warehouse") as server:
         yield server
 
 
@@ -87,10 +78,18 @@ def warehouse_conn(monkeypatch: pytest.MonkeyPatch, postgres: Any) -> None:
     )
 
 
-def reset_caches() -> None:
-    from tests.conftest import reset_plugin_state
-
-    reset_plugin_state()
+def partner_api_conn(monkeypatch: pytest.MonkeyPatch, api: BearerTokenApi) -> None:
+    set_conn(
+        monkeypatch,
+        "partner_api",
+        {
+            "conn_type": "http",
+            "host": "127.0.0.1",
+            "port": api.port,
+            "schema": "http",
+            "extra": {"Authorization": "Bearer {{workato:sm:token:partner/api}}"},
+        },
+    )
 
 
 class TestPostgresExample:
@@ -126,17 +125,7 @@ class TestHttpExample:
             backend_configured.client().create_secret(
                 Name="partner/api", SecretString=json.dumps({"token": "partner-token-ABCDEF"})
             )
-            set_conn(
-                monkeypatch,
-                "partner_api",
-                {
-                    "conn_type": "http",
-                    "host": "127.0.0.1",
-                    "port": api.port,
-                    "schema": "http",
-                    "extra": {"Authorization": "Bearer {{workato:sm:token:partner/api}}"},
-                },
-            )
+            partner_api_conn(monkeypatch, api)
             run = load_dag(example_dags, "example_http_bearer_token").test()
             assert run.state == "success"
             assert (api.requests, api.rejected) == (1, 0)
@@ -146,17 +135,7 @@ class TestHttpExample:
     ) -> None:
         with BearerTokenApi("the-real-token-123") as api:
             backend_configured.client().create_secret(Name="partner/api", SecretString=json.dumps({"token": "stale-token-999"}))
-            set_conn(
-                monkeypatch,
-                "partner_api",
-                {
-                    "conn_type": "http",
-                    "host": "127.0.0.1",
-                    "port": api.port,
-                    "schema": "http",
-                    "extra": {"Authorization": "Bearer {{workato:sm:token:partner/api}}"},
-                },
-            )
+            partner_api_conn(monkeypatch, api)
             run = load_dag(example_dags, "example_http_bearer_token").test()
             assert run.state == "failed"
             assert api.rejected == 1

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -18,17 +17,6 @@ from tests.conftest import configure_backend, set_conn
 
 PASSWORD = "hook-pw-4f9a\"quote\\back"
 
-
-@pytest.fixture(autouse=True)
-def private_worker_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
-    """A per-worker cache of this test's own, instead of the machine's default directory."""
-    from airflow_sm_refs import worker_cache
-
-    directory = tmp_path / "worker-cache"
-    monkeypatch.setattr(worker_cache, "default_worker_cache_dir", lambda: str(directory))
-    worker_cache.reset_worker_caches()
-    yield directory
-    worker_cache.reset_worker_caches()
 TOKEN_VALUE = "hook-token-c0ffee"
 
 

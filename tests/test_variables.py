@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from airflow.sdk import Variable
@@ -13,18 +11,6 @@ from airflow_sm_refs import ReferenceSyntaxError, SecretKeyError, SecretNotFound
 from standins.aws import AwsStandIn
 
 TOKEN_VALUE = "var-token-5eed"
-
-
-@pytest.fixture(autouse=True)
-def private_worker_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
-    """A per-worker cache of this test's own, instead of the machine's default directory."""
-    from airflow_sm_refs import worker_cache
-
-    directory = tmp_path / "worker-cache"
-    monkeypatch.setattr(worker_cache, "default_worker_cache_dir", lambda: str(directory))
-    worker_cache.reset_worker_caches()
-    yield directory
-    worker_cache.reset_worker_caches()
 
 
 @pytest.fixture
