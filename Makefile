@@ -12,8 +12,8 @@ PYTEST_ARGS ?=
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check uv || true
-	if [ -x $(BIN)/uv ]; then \
-		$(BIN)/uv pip install -q --python $(BIN)/python -c constraints.txt -e '.[test]'; \
+	if [ -x $(BIN)/uv ] && $(BIN)/uv pip install -q --python $(BIN)/python -c constraints.txt -e '.[test]'; then \
+		:; \
 	else \
 		$(BIN)/python -m pip install -q -c constraints.txt -e '.[test]'; \
 	fi
