@@ -38,6 +38,9 @@ ACCESS_DENIED = InjectedFault(400, "AccessDeniedException", "not authorized")
 class _ProxyHandler(BaseHTTPRequestHandler):
     server: _ProxyServer
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate writes; with Nagle's algorithm and
+    # delayed ACKs that costs ~40 ms per request on loopback.
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002
         pass  # keep test output clean

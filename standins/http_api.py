@@ -10,6 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
+    disable_nagle_algorithm = True  # no 40 ms Nagle/delayed-ACK stall per response
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002
         pass  # never echo request lines (they could carry a token)
