@@ -7,27 +7,15 @@ Kubernetes secret volumes and Vault Agent sinks do.
 
 - The directory belongs to the worker's user, mode ``0700``, and is not a
   symlink. Anything else is refused with one warning per process, nothing is
-  written there, and the in-process tier carries on alone.
+  written there, and the in-process tier carries on alone
+  (:mod:`airflow_sm_refs._private_dir`).
 - One file per entry, mode ``0600``, written to a temporary file in the same
   directory and renamed into place, opened without following symlinks.
 - One lock file per entry (``flock``): processes that miss the same secret at
   once make one AWS call; the others wait, then read what it wrote.
 - An entry carries its key, its length and a SHA-256 of its body, so a
-  corrupt, truncated or misplaced file is a miss, never a value.
-
-An entry file is one header line, then a JSON body::
-
-    airflow-sm-refs-entry 1 <body length> <sha256 of body>
-    {"key": [...], "attempt": "...", "payload": {...} | null, "expires_at": ...,
-     "retry_at": ..., "error": {...} | null}
-
-``attempt`` names the fetch that wrote the entry. A process that waited on the
-lock compares it with what it saw before waiting: if it changed, another
-process has just tried, and its outcome (value, stale value or error) is
-reused instead of calling AWS again. ``error`` records a failed attempt (its
-message, which never holds a value); after a permanent failure the payload is
-gone. ``retry_at`` spaces out calls while AWS fails transiently and a stale
-value is being served.
+  corrupt, truncated or misplaced file is a miss, never a value
+  (:mod:`airflow_sm_refs._worker_entry` describes the format).
 
 Like the in-process tier, this one knows nothing of AWS: it stores what
 ``fetch`` returns and decides when that has expired. The clock is wall time
@@ -36,11 +24,8 @@ Like the in-process tier, this one knows nothing of AWS: it stores what
 
 from __future__ import annotations
 
-import base64
 import errno
 import fcntl
-import hashlib
-import json
 import logging
 import os
 import random
@@ -51,14 +36,17 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import replace
 
-from airflow_sm_refs._exceptions import (
-    SecretAccessDeniedError,
-    SecretFetchError,
-    SecretNotFoundError,
-    SecretTransientError,
+from airflow_sm_refs._exceptions import SecretFetchError
+from airflow_sm_refs._private_dir import _open_private_dir
+from airflow_sm_refs._worker_entry import (
+    _MAX_ENTRY_BYTES,
+    _decode,
+    _encode,
+    _Entry,
+    _entry_name,
+    _Failure,
 )
 from airflow_sm_refs.cache import DEFAULT_JITTER, jittered_ttl
 from airflow_sm_refs.fetch import SecretPayload
@@ -83,19 +71,11 @@ DEFAULT_LOCK_TIMEOUT_SECONDS = 120.0
 #: in between, every process serves the stale value without calling
 DEFAULT_STALE_RETRY_SECONDS = 5.0
 
-_MAGIC = b"airflow-sm-refs-entry"
-_FORMAT = b"1"
-#: a secret is at most 64 KiB; JSON escaping can grow it six-fold
-_MAX_ENTRY_BYTES = 1 << 20
-
 _ENTRY_FILE = re.compile(r"[0-9a-f]{64}\.entry")
 _LOCK_FILE = re.compile(r"[0-9a-f]{64}\.lock")
 _TEMP_FILE = re.compile(r"\.[0-9a-f]{64}\.\d+\.[0-9a-f]+\.tmp")
 
 _FILE_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC
-_ERRORS: dict[str, type[SecretFetchError]] = {
-    cls.__name__: cls for cls in (SecretFetchError, SecretNotFoundError, SecretAccessDeniedError, SecretTransientError)
-}
 
 
 def default_worker_cache_dir() -> str | None:
@@ -103,151 +83,6 @@ def default_worker_cache_dir() -> str | None:
     if not os.path.isdir(RAM_FS):
         return None
     return os.path.join(RAM_FS, f"airflow-sm-refs-{os.geteuid()}")
-
-
-# --- the directory -----------------------------------------------------------
-def _check_private(st: os.stat_result, path: str) -> None:
-    if stat.S_ISLNK(st.st_mode):
-        raise PermissionError(f"{path} is a symlink")
-    if not stat.S_ISDIR(st.st_mode):
-        raise PermissionError(f"{path} is not a directory")
-    if st.st_uid != os.geteuid():
-        raise PermissionError(f"{path} is owned by uid {st.st_uid}, not by this worker's user (uid {os.geteuid()})")
-    if st.st_mode & 0o077:
-        raise PermissionError(
-            f"{path} has mode {stat.S_IMODE(st.st_mode):04o}, open to group or others; it must be 0700"
-        )
-
-
-def _open_private_dir(path: str, *, create: bool) -> int:
-    """Open ``path`` as a directory only this user can enter; return its descriptor.
-
-    :raises PermissionError: it is a symlink, not a directory, someone else's, or open to others
-    :raises OSError: it cannot be created or opened
-    """
-    if create:
-        try:
-            os.mkdir(path, 0o700)
-        except FileExistsError:
-            pass
-    _check_private(os.lstat(path), path)
-    # lstat then open: the descriptor is what every later file operation goes
-    # through, so checking it again closes the gap between the two.
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        _check_private(os.fstat(fd), path)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-# --- entries -----------------------------------------------------------------
-@dataclass(frozen=True)
-class _Failure:
-    """A failed fetch, as recorded for the processes that waited on it."""
-
-    kind: str
-    detail: str
-    reference: str | None
-
-    @classmethod
-    def of(cls, exc: SecretFetchError) -> _Failure:
-        kind = type(exc).__name__
-        if kind not in _ERRORS:
-            kind = "SecretTransientError" if exc.transient else "SecretFetchError"
-        return cls(kind, exc.detail, exc.reference)
-
-    @property
-    def transient(self) -> bool:
-        return _ERRORS[self.kind].transient
-
-    def error(self) -> SecretFetchError:
-        return _ERRORS[self.kind](self.detail, reference=self.reference)
-
-
-@dataclass(frozen=True)
-class _Entry:
-    key: tuple[str, ...]
-    attempt: str
-    payload: SecretPayload | None
-    expires_at: float = 0.0
-    retry_at: float = 0.0
-    failure: _Failure | None = None
-
-    def is_fresh(self, now: float) -> bool:
-        return self.payload is not None and now < self.expires_at
-
-    def can_serve_stale(self, now: float, stale_if_error: float) -> bool:
-        return self.payload is not None and now < self.expires_at + max(stale_if_error, 0.0)
-
-
-def _entry_name(key: tuple[str, ...]) -> str:
-    return hashlib.sha256(json.dumps(list(key)).encode()).hexdigest()
-
-
-def _encode(entry: _Entry) -> bytes:
-    payload: dict[str, Any] | None = None
-    if entry.payload is not None:
-        p = entry.payload
-        payload = {
-            "arn": p.arn,
-            "version_id": p.version_id,
-            "string": p.string,
-            "binary": None if p.binary is None else base64.b64encode(p.binary).decode("ascii"),
-        }
-    body = json.dumps(
-        {
-            "key": list(entry.key),
-            "attempt": entry.attempt,
-            "payload": payload,
-            "expires_at": entry.expires_at,
-            "retry_at": entry.retry_at,
-            "error": None if entry.failure is None else vars(entry.failure),
-        }
-    ).encode()
-    header = b" ".join((_MAGIC, _FORMAT, str(len(body)).encode(), hashlib.sha256(body).hexdigest().encode()))
-    return header + b"\n" + body
-
-
-def _decode(data: bytes, key: tuple[str, ...]) -> _Entry | None:
-    """The entry in ``data`` if it is whole, intact and for ``key``; otherwise ``None`` (a miss)."""
-    header, newline, body = data.partition(b"\n")
-    fields = header.split(b" ")
-    if not newline or len(fields) != 4 or fields[0] != _MAGIC or fields[1] != _FORMAT:
-        return None
-    if fields[2] != str(len(body)).encode() or fields[3] != hashlib.sha256(body).hexdigest().encode():
-        return None
-    try:
-        doc = json.loads(body)
-        if tuple(doc["key"]) != key:
-            return None
-        payload = None
-        if doc["payload"] is not None:
-            p = doc["payload"]
-            payload = SecretPayload(
-                arn=str(p["arn"]),
-                version_id=str(p["version_id"]),
-                string=None if p["string"] is None else str(p["string"]),
-                binary=None if p["binary"] is None else base64.b64decode(p["binary"], validate=True),
-            )
-        failure = None
-        if doc["error"] is not None:
-            e = doc["error"]
-            if e["kind"] not in _ERRORS:
-                return None
-            reference = None if e["reference"] is None else str(e["reference"])
-            failure = _Failure(str(e["kind"]), str(e["detail"]), reference)
-        return _Entry(
-            key=key,
-            attempt=str(doc["attempt"]),
-            payload=payload,
-            expires_at=float(doc["expires_at"]),
-            retry_at=float(doc["retry_at"]),
-            failure=failure,
-        )
-    except (ValueError, KeyError, TypeError):
-        return None
 
 
 def _describe(key: tuple[str, ...]) -> str:
