@@ -140,7 +140,6 @@ class SecretsManagerRefsBackend(BaseSecretsBackend):
         from airflow_sm_refs.resolver import CacheSettings
 
         self.cache_settings = CacheSettings(cache_ttl_seconds, stale_if_error_seconds, shared_cache, shared_cache_dir)
-        self.shared_cache_dir = shared_cache_dir
         self.resolve_on_server = bool(resolve_on_server)
         from airflow_sm_refs.policy import AccessPolicy
 

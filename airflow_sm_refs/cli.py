@@ -218,44 +218,31 @@ def _references_in_text(value: str, field: str) -> Iterator[Found]:
             yield Found(field, segment)
 
 
-def _references_in_json(value: Any, path: str) -> Iterator[Found]:
-    # The same paths the expansion names in its errors (extra.headers.Authorization).
-    if isinstance(value, str):
-        yield from _references_in_text(value, path)
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            yield from _references_in_json(item, f"{path}.{key}")
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            yield from _references_in_json(item, f"{path}[{index}]")
-
-
 def references_in_connection(conn: Any) -> list[Found]:
     """Every reference in ``conn``, field by field, in the order the expansion resolves them."""
-    from airflow_sm_refs.expand import CONNECTION_FIELDS, _extra_may_hold_references
+    from airflow_sm_refs.expand import CONNECTION_FIELDS, json_may_hold_references, map_json_strings, not_json_error
     from airflow_sm_refs.reference import has_reference
 
     found: list[Found] = []
+
+    def collect(value: str, field: str) -> str:
+        found.extend(_references_in_text(value, field))
+        return value
+
     for name in CONNECTION_FIELDS:
         value = getattr(conn, name, None)
         if isinstance(value, str):
-            found.extend(_references_in_text(value, name))
+            collect(value, name)
     extra = getattr(conn, "extra", None)
     # The expansion's own rule, so a reference hidden by JSON escapes is listed too.
-    if isinstance(extra, str) and _extra_may_hold_references(extra):
+    if isinstance(extra, str) and json_may_hold_references(extra):
         try:
             document = json.loads(extra)
         except ValueError:
             if has_reference(extra):
-                found.append(
-                    Found(
-                        "extra",
-                        error="extra holds a reference but is not valid JSON; references in extra "
-                        "are only expanded in JSON string values",
-                    )
-                )
+                found.append(Found("extra", error=not_json_error("extra").detail))
         else:
-            found.extend(_references_in_json(document, "extra"))
+            map_json_strings(document, "extra", collect)
     return found
 
 
@@ -381,7 +368,7 @@ def _configured_shared_cache_dir() -> str | None:
     setup = _configured_backend()
     if setup.note is not None:
         return None
-    return getattr(setup.backend, "shared_cache_dir", None)
+    return setup.backend.cache_settings.shared_cache_dir
 
 
 def _start_airflow() -> None:

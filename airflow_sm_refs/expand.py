@@ -18,7 +18,16 @@ from airflow_sm_refs._exceptions import ReferenceSyntaxError, SecretReferenceErr
 from airflow_sm_refs.reference import SecretReference, has_reference, split_references
 from airflow_sm_refs.resolver import SecretResolver
 
-__all__ = ["CONNECTION_FIELDS", "Expansion", "connection_has_references", "expand_connection"]
+__all__ = [
+    "CONNECTION_FIELDS",
+    "Expansion",
+    "build_connection",
+    "connection_has_references",
+    "expand_connection",
+    "json_may_hold_references",
+    "map_json_strings",
+    "not_json_error",
+]
 
 log = logging.getLogger("airflow_sm_refs")
 
@@ -140,13 +149,7 @@ class Expansion:
 
     def json_value(self, value: Any, path: str) -> Any:
         """Expand string values at any depth of parsed JSON; keys are left alone."""
-        if isinstance(value, str):
-            return self.text(value, path)
-        if isinstance(value, dict):
-            return {k: self.json_value(v, f"{path}.{k}") for k, v in value.items()}
-        if isinstance(value, list):
-            return [self.json_value(v, f"{path}[{i}]") for i, v in enumerate(value)]
-        return value
+        return map_json_strings(value, path, self.text)
 
     def extra(self, extra: str) -> str:
         """Expand the connection's ``extra`` JSON and serialise it again; unchanged text if it has none."""
@@ -163,7 +166,7 @@ class Expansion:
         nothing but its own value. Text that is not JSON is an error when
         ``must_be_json`` (a connection's extra), else it is expanded as text.
         """
-        if not _extra_may_hold_references(text):
+        if not json_may_hold_references(text):
             return text
         try:
             document = json.loads(text)
@@ -172,12 +175,7 @@ class Expansion:
                 return self.text(text, field)
             if not has_reference(text):
                 return text
-            raise ReferenceSyntaxError(
-                f"{field} holds a reference but is not valid JSON; references in {field} are only "
-                "expanded in JSON string values",
-                conn_id=self.conn_id,
-                field=field,
-            ) from None
+            raise not_json_error(field, conn_id=self.conn_id) from None
         if not must_be_json and not isinstance(document, (dict, list, str)):
             return self.text(text, field)
         before = self.references
@@ -185,11 +183,49 @@ class Expansion:
         return text if self.references == before else json.dumps(expanded)
 
 
-def _extra_may_hold_references(extra: str) -> bool:
+def json_may_hold_references(text: str) -> bool:
+    """Whether JSON ``text`` must be parsed to find its references."""
     # A JSON escape (``\t``, ``\u007b``) can hide a reference from a scan of
     # the raw text, and a hidden reference would be passed on unexpanded: any
     # backslash means the parsed values must be looked at.
-    return "\\" in extra or has_reference(extra)
+    return "\\" in text or has_reference(text)
+
+
+def not_json_error(field: str, conn_id: str | None = None) -> ReferenceSyntaxError:
+    """The error for a reference in a field that must be JSON but is not."""
+    return ReferenceSyntaxError(
+        f"{field} holds a reference but is not valid JSON; references in {field} are only "
+        "expanded in JSON string values",
+        conn_id=conn_id,
+        field=field,
+    )
+
+
+def map_json_strings(value: Any, path: str, fn: Callable[[str, str], Any]) -> Any:
+    """Rebuild parsed JSON with ``fn(string, path)`` applied to every string value; keys are left alone.
+
+    Paths read as in errors: ``extra.headers.Authorization``, ``extra.tokens[0]``.
+    """
+    if isinstance(value, str):
+        return fn(value, path)
+    if isinstance(value, dict):
+        return {k: map_json_strings(v, f"{path}.{k}", fn) for k, v in value.items()}
+    if isinstance(value, list):
+        return [map_json_strings(v, f"{path}[{i}]", fn) for i, v in enumerate(value)]
+    return value
+
+
+def build_connection(conn: Any, fields: dict[str, Any], conn_class: type | None = None) -> Any:
+    """A connection like ``conn`` (as ``conn_class``, default its own class) with ``fields`` replaced."""
+    values = {name: getattr(conn, name, None) for name in (*CONNECTION_FIELDS, "extra")}
+    values.update(fields)
+    return (conn_class or type(conn))(
+        conn_id=conn.conn_id,
+        conn_type=conn.conn_type,
+        description=getattr(conn, "description", None),
+        port=conn.port,
+        **values,
+    )
 
 
 def connection_has_references(conn: Any) -> bool:
@@ -197,7 +233,7 @@ def connection_has_references(conn: Any) -> bool:
     values = [getattr(conn, name, None) for name in CONNECTION_FIELDS]
     extra = getattr(conn, "extra", None)
     return any(isinstance(v, str) and has_reference(v) for v in values) or (
-        isinstance(extra, str) and _extra_may_hold_references(extra)
+        isinstance(extra, str) and json_may_hold_references(extra)
     )
 
 
@@ -218,11 +254,4 @@ def expand_connection(conn: Any, expansion: Expansion, conn_class: type | None =
     fields["extra"] = expansion.extra(extra) if isinstance(extra, str) else extra
     if expansion.references == 0:
         return conn
-    cls = conn_class or type(conn)
-    return cls(
-        conn_id=conn.conn_id,
-        conn_type=conn.conn_type,
-        description=getattr(conn, "description", None),
-        port=conn.port,
-        **fields,
-    )
+    return build_connection(conn, fields, conn_class)

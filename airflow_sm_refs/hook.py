@@ -14,7 +14,7 @@ from typing import Any
 
 from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
 
-from airflow_sm_refs.expand import CONNECTION_FIELDS, Expansion, expand_connection
+from airflow_sm_refs.expand import Expansion, build_connection, expand_connection
 from airflow_sm_refs.resolver import (
     DEFAULT_CACHE_TTL_SECONDS,
     DEFAULT_STALE_IF_ERROR_SECONDS,
@@ -141,7 +141,7 @@ class SecretsManagerRefsHook(AwsBaseHook):
             the error names the connection and the field
         """
         expanded = expand_connection(conn, self._expansion(conn.conn_id, "connection"))
-        return _copy_connection(conn) if expanded is conn else expanded
+        return build_connection(conn, {}) if expanded is conn else expanded
 
     def get_resolved_connection(self, conn_id: str) -> Any:
         """Find connection ``conn_id`` as a task would, and return it with its references expanded.
@@ -171,14 +171,3 @@ def _backend_resolves_here() -> bool:
         for backend in ensure_secrets_backend_loaded()
     )
 
-
-def _copy_connection(conn: Any) -> Any:
-    fields = {name: getattr(conn, name, None) for name in CONNECTION_FIELDS}
-    return type(conn)(
-        conn_id=conn.conn_id,
-        conn_type=conn.conn_type,
-        description=getattr(conn, "description", None),
-        port=conn.port,
-        extra=getattr(conn, "extra", None),
-        **fields,
-    )
