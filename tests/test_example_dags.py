@@ -63,7 +63,9 @@ def xcom(run: Any, task_id: str) -> Any:
         return XComModel.deserialize_value(row)
 
 
-def warehouse_conn(monkeypatch: pytest.MonkeyPatch, postgres: Any) -> None:
+def warehouse(aws: AwsStandIn, monkeypatch: pytest.MonkeyPatch, postgres: Any, password: str = DB_PASSWORD) -> None:
+    """The warehouse/db secret holding ``password``, and the connection referring to it."""
+    aws.client().create_secret(Name="warehouse/db", SecretString=json.dumps({"username": DB_USER, "password": password}))
     set_conn(
         monkeypatch,
         "warehouse_db",
@@ -96,10 +98,7 @@ class TestPostgresExample:
     def test_query_runs_with_credentials_from_the_secret(
         self, example_dags: Path, postgres: Any, backend_configured: AwsStandIn, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        backend_configured.client().create_secret(
-            Name="warehouse/db", SecretString=json.dumps({"username": DB_USER, "password": DB_PASSWORD})
-        )
-        warehouse_conn(monkeypatch, postgres)
+        warehouse(backend_configured, monkeypatch, postgres)
         run = load_dag(example_dags, "example_postgres_query").test()
         assert run.state == "success"
         rows = xcom(run, "who_am_i")
@@ -109,10 +108,7 @@ class TestPostgresExample:
     def test_wrong_password_in_the_secret_is_rejected_by_the_server(
         self, example_dags: Path, postgres: Any, backend_configured: AwsStandIn, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        backend_configured.client().create_secret(
-            Name="warehouse/db", SecretString=json.dumps({"username": DB_USER, "password": "not-the-password"})
-        )
-        warehouse_conn(monkeypatch, postgres)
+        warehouse(backend_configured, monkeypatch, postgres, password="not-the-password")
         run = load_dag(example_dags, "example_postgres_query").test()
         assert run.state == "failed"
 
@@ -176,10 +172,7 @@ class TestMappedExample:
     def test_mapped_tasks_share_one_fetch(
         self, example_dags: Path, postgres: Any, backend_configured: AwsStandIn, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        backend_configured.client().create_secret(
-            Name="warehouse/db", SecretString=json.dumps({"username": DB_USER, "password": DB_PASSWORD})
-        )
-        warehouse_conn(monkeypatch, postgres)
+        warehouse(backend_configured, monkeypatch, postgres)
         run = load_dag(example_dags, "example_mapped_tasks").test(run_conf={"tasks": 6})
         assert run.state == "success"
         assert xcom(run, "total") == sum(i + 1 for i in range(6))

@@ -45,15 +45,19 @@ class TestGetProviderInfo:
         assert [p.load() for p in points] == [get_provider_info]
 
 
+def airflow_providers(airflow_home: Path, command: str) -> subprocess.CompletedProcess[str]:
+    """``airflow providers COMMAND -o json`` in a real subprocess, with no backend or connections configured."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW__SECRETS__", "AIRFLOW_CONN_"))}
+    env["AIRFLOW_HOME"] = str(airflow_home)
+    airflow = Path(sys.executable).parent / "airflow"
+    return subprocess.run(
+        [str(airflow), "providers", command, "-o", "json"], env=env, capture_output=True, text=True, timeout=300
+    )
+
+
 class TestProvidersList:
     def test_airflow_providers_list_shows_the_package(self, airflow_home: Path) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW__SECRETS__", "AIRFLOW_CONN_"))}
-        env["AIRFLOW_HOME"] = str(airflow_home)
-        airflow = Path(sys.executable).parent / "airflow"
-
-        done = subprocess.run(
-            [str(airflow), "providers", "list", "-o", "json"], env=env, capture_output=True, text=True, timeout=300
-        )
+        done = airflow_providers(airflow_home, "list")
 
         assert done.returncode == 0, done.stderr[-2000:]
         listed = {p["package_name"]: p for p in json.loads(done.stdout[done.stdout.index("[") :])}
@@ -62,13 +66,7 @@ class TestProvidersList:
         assert "Secrets Manager" in listed["airflow-sm-refs"]["description"]
 
     def test_airflow_providers_secrets_lists_the_backend(self, airflow_home: Path) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW__SECRETS__", "AIRFLOW_CONN_"))}
-        env["AIRFLOW_HOME"] = str(airflow_home)
-        airflow = Path(sys.executable).parent / "airflow"
-
-        done = subprocess.run(
-            [str(airflow), "providers", "secrets", "-o", "json"], env=env, capture_output=True, text=True, timeout=300
-        )
+        done = airflow_providers(airflow_home, "secrets")
 
         assert done.returncode == 0, done.stderr[-2000:]
         assert "airflow_sm_refs.backend.SecretsManagerRefsBackend" in done.stdout
