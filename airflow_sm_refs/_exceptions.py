@@ -1,10 +1,14 @@
 """The errors this package raises.
 
-Every error is an :class:`SecretReferenceError`, which Airflow treats as an
-authoritative deny: the lookup stops there instead of falling through to a
-backend that would hand out the raw reference as if it were the credential.
+Every error is a :class:`SecretReferenceError`. Where the Task SDK has
+``AirflowSecretsBackendAccessDenied`` (Airflow 3.2.2+), it derives from it and
+Airflow treats it as an authoritative deny: the lookup stops there instead of
+falling through to a backend that would hand out the raw reference as if it
+were the credential. On older lines it is an ordinary ``Exception``, and the
+backend raises :class:`SecretLookupAborted` in its place in processes that
+resolve, so that the lookup stops there too.
 
-    SecretReferenceError (airflow.sdk.exceptions.AirflowSecretsBackendAccessDenied)
+    SecretReferenceError (AirflowSecretsBackendAccessDenied on 3.2.2+, else Exception)
     ├── ReferenceSyntaxError      the text starts like a reference but does not parse
     ├── ReferenceNotAllowedError  the reference or connection is outside the allowlist
     ├── SecretKeyError            the key is missing, or the secret is not a JSON object
@@ -13,16 +17,19 @@ backend that would hand out the raw reference as if it were the credential.
         ├── SecretAccessDeniedError  access denied, or it cannot be decrypted
         └── SecretTransientError  throttling, 5xx, timeout, connection error
 
+    SecretLookupAborted (BaseException)  a SecretReferenceError that must stop Airflow's lookup
+                                         loop on lines without the authoritative deny
+
 Context travels as attributes (``conn_id``, ``field``, ``reference``), and
 every message names them. No message ever holds a secret value.
 """
 
 from __future__ import annotations
 
-from airflow.sdk.exceptions import AirflowSecretsBackendAccessDenied
+from airflow_sm_refs._compat import DenyBase
 
 
-class SecretReferenceError(AirflowSecretsBackendAccessDenied):
+class SecretReferenceError(DenyBase):  # type: ignore[misc,valid-type]
     """A reference in a connection or variable could not be resolved."""
 
     def __init__(
@@ -108,3 +115,28 @@ class SecretTransientError(SecretFetchError):
     """A failure that may pass: throttling, a 5xx, a timeout or a connection error."""
 
     transient = True
+
+
+class SecretLookupAborted(BaseException):
+    """A :class:`SecretReferenceError` raised so that Airflow's lookup loop cannot swallow it.
+
+    Before Airflow 3.2.2 every lookup loop catches ``Exception`` and tries the
+    next backend, which hands out the raw reference. This error is not an
+    ``Exception`` (nor ``SystemExit``, ``KeyboardInterrupt``, ``GeneratorExit``
+    or ``CancelledError``, which the triggerer drops quietly), so it passes
+    every loop; the 2.x ``_run_raw_task``, the 3.x ``task_runner.run`` and the
+    triggerer's ``cleanup_finished_triggers`` catch ``BaseException`` and fail
+    the task cleanly, with retries honoured. The message is the error's own.
+
+    :param error: the error it carries, also as ``__cause__``
+    """
+
+    def __init__(self, error: SecretReferenceError) -> None:
+        self.error = error
+        super().__init__(str(error))
+
+    def __str__(self) -> str:
+        return str(self.error)
+
+    def __reduce__(self):  # noqa: ANN204 - survive pickling between processes
+        return (type(self), (self.error,))

@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import logging
-import os
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.secrets import BaseSecretsBackend
 
 from airflow_sm_refs._aws import AWS_CONNECTION_KWARGS
+from airflow_sm_refs._compat import (
+    AUTHORITATIVE_DENY,
+    ProcessRole,
+    call_backend,
+    connection_class_of,
+    last_resort_connection,
+    last_resort_variable,
+    later_backends,
+    process_role,
+)
+from airflow_sm_refs._exceptions import SecretFetchError, SecretLookupAborted, SecretReferenceError
 
 if TYPE_CHECKING:
     from airflow_sm_refs.expand import Expansion
@@ -22,39 +32,35 @@ __all__ = ["SecretsManagerRefsBackend", "is_server_process"]
 
 log = logging.getLogger("airflow_sm_refs")
 
-# Per thread: the lookups this backend is in the middle of, so that a backend
-# later in the chain that calls back into the chain cannot make us recurse.
-_in_progress = threading.local()
+# Per thread and per asyncio task: the lookups this backend is in the middle
+# of, so that a backend later in the chain that calls back into the chain
+# cannot make us recurse.
+_in_progress: ContextVar[frozenset[str]] = ContextVar("airflow_sm_refs_in_progress", default=frozenset())
 
 
 def is_server_process() -> bool:
-    """Whether this is an API server or scheduler process, detected as Airflow itself does.
+    """Whether this process steps aside by default: a server, a DAG parser or Airflow's own CLI.
 
-    The supervisor connection of a task process is absent **and**
-    ``_AIRFLOW_PROCESS_CONTEXT`` is ``server``. The variable alone is not
-    enough: LocalExecutor task processes inherit it from the scheduler.
+    Decided from what the process is (:func:`airflow_sm_refs._compat.process_role`),
+    on every supported Airflow line.
     """
-    if os.environ.get("_AIRFLOW_PROCESS_CONTEXT") != "server":
-        return False
-    try:
-        from airflow.sdk.execution_time import task_runner
-    except ImportError:  # pragma: no cover - Task SDK is a dependency
-        return True
-    return getattr(task_runner, "SUPERVISOR_COMMS", None) is None
+    return not process_role().resolves
 
 
 @contextmanager
 def _guard(key: str) -> Iterator[bool]:
-    active: set[str] = getattr(_in_progress, "keys", None) or set()
-    _in_progress.keys = active
+    active = _in_progress.get()
     if key in active:
         yield False
         return
-    active.add(key)
+    token = _in_progress.set(active | {key})
     try:
         yield True
     finally:
-        active.discard(key)
+        _in_progress.reset(token)
+
+
+_FAIL_CLOSED_ROLES = frozenset({ProcessRole.TASK, ProcessRole.TRIGGER, ProcessRole.OTHER})
 
 
 class SecretsManagerRefsBackend(BaseSecretsBackend):
@@ -154,33 +160,77 @@ class SecretsManagerRefsBackend(BaseSecretsBackend):
 
     # --- the chain -----------------------------------------------------------
     def _steps_aside(self) -> bool:
-        return not self.resolve_on_server and is_server_process()
+        return not self.resolve_on_server and not process_role().resolves
 
     def _later_backends(self) -> list[Any]:
         """The backends of the current chain, less any instance of this class."""
-        from airflow.sdk.execution_time.supervisor import ensure_secrets_backend_loaded
-
-        return [b for b in ensure_secrets_backend_loaded() if not isinstance(b, SecretsManagerRefsBackend)]
+        return [b for b in later_backends() if not isinstance(b, SecretsManagerRefsBackend)]
 
     def _ask_chain(self, method: str, key: str, team_name: str | None) -> Any:
-        from airflow.sdk.exceptions import AirflowSecretsBackendAccessDenied
-
-        for backend in self._later_backends():
+        """The raw value of ``key`` from the backends after this one, then the chain's last resort."""
+        backends = self._later_backends()
+        for backend in backends:
             try:
-                found = getattr(backend, method)(key, team_name=team_name)
-            except AirflowSecretsBackendAccessDenied:
+                found = call_backend(backend, method, key, team_name)
+            except SecretReferenceError:
                 raise
             except Exception:
                 log.debug("%s.%s(%r) failed; trying the next backend", type(backend).__name__, method, key, exc_info=True)
                 continue
             if found is not None:
                 return found
-        return None
+        if method == "get_connection":
+            return last_resort_connection(key, backends)
+        return last_resort_variable(key, backends)
 
-    def _expansion(self, conn_id: str, kind: str) -> Expansion:
+    def _expansion(self, conn_id: str, kind: str, *, cached_only: bool = False) -> Expansion:
         from airflow_sm_refs.expand import Expansion
 
-        return Expansion(self.resolver, conn_id=conn_id, kind=kind, check=self.policy.checker(conn_id, kind))
+        return Expansion(
+            self.resolver,
+            conn_id=conn_id,
+            kind=kind,
+            check=self.policy.checker(conn_id, kind),
+            cached_only=cached_only,
+        )
+
+    def _fail_closed(self, exc: BaseException, key: str, kind: str) -> BaseException:
+        """The error to raise for ``exc`` so that Airflow's lookup stops here.
+
+        Anything unexpected becomes a :class:`SecretFetchError` naming the
+        connection (its text could hold a value, so only its type is kept).
+        Where the lookup loops do not stop at our errors (before 3.2.2), a
+        process that resolves gets :class:`SecretLookupAborted` instead.
+        """
+        if isinstance(exc, SecretReferenceError):
+            error = exc
+        else:
+            error = SecretFetchError(
+                f"unexpected {type(exc).__name__} while expanding references; no value was handed out",
+                conn_id=key,
+                field=None if kind == "connection" else "value",
+            )
+        if AUTHORITATIVE_DENY or process_role() not in _FAIL_CLOSED_ROLES:
+            return error
+        return SecretLookupAborted(error)
+
+    def _expand_raw_connection(self, raw: Any, conn_id: str) -> Any:
+        from airflow_sm_refs.expand import expand_connection
+
+        try:
+            return expand_connection(raw, self._expansion(conn_id, "connection"), connection_class_of(self))
+        except SecretLookupAborted:
+            raise
+        except Exception as exc:
+            raise self._fail_closed(exc, conn_id, "connection") from None
+
+    def _expand_raw_variable(self, raw: str, key: str) -> str:
+        try:
+            return self._expansion(key, "variable").variable(raw)
+        except SecretLookupAborted:
+            raise
+        except Exception as exc:
+            raise self._fail_closed(exc, key, "variable") from None
 
     # --- BaseSecretsBackend --------------------------------------------------
     def get_conn_value(self, conn_id: str, team_name: str | None = None) -> str | None:
@@ -191,6 +241,7 @@ class SecretsManagerRefsBackend(BaseSecretsBackend):
         """Find the raw connection later in the chain and return it with its references resolved.
 
         :raises SecretReferenceError: a reference cannot be resolved; the lookup stops here
+        :raises SecretLookupAborted: the same, before Airflow 3.2.2, in processes that resolve
         """
         if self._steps_aside():
             return None
@@ -200,9 +251,60 @@ class SecretsManagerRefsBackend(BaseSecretsBackend):
             raw = self._ask_chain("get_connection", conn_id, team_name)
             if raw is None:
                 return None
-            from airflow_sm_refs.expand import expand_connection
+            return self._expand_raw_connection(raw, conn_id)
 
-            return expand_connection(raw, self._expansion(conn_id, "connection"), self._get_connection_class())
+    async def aget_connection(self, conn_id: str, team_name: str | None = None) -> Any:
+        """:meth:`get_connection` for the trigger runner's event loop.
+
+        A connection whose references are all in the in-process cache is
+        expanded in the loop, with no thread hop; anything that may wait on
+        AWS, a file lock or the supervisor runs in a worker thread, so the
+        loop is never blocked.
+        """
+        if self._steps_aside():
+            return None
+        from asgiref.sync import sync_to_async
+
+        with _guard(f"conn:{conn_id}") as first:
+            if not first:
+                return None
+            raw = await self._aask_chain_connection(conn_id, team_name)
+        if raw is None:
+            return None
+        from airflow_sm_refs.expand import NotCached, expand_connection
+
+        try:
+            expansion = self._expansion(conn_id, "connection", cached_only=True)
+            return expand_connection(raw, expansion, connection_class_of(self))
+        except NotCached:
+            pass
+        except SecretLookupAborted:
+            raise
+        except Exception as exc:
+            raise self._fail_closed(exc, conn_id, "connection") from None
+        return await sync_to_async(self._expand_raw_connection)(raw, conn_id)
+
+    async def _aask_chain_connection(self, conn_id: str, team_name: str | None) -> Any:
+        from asgiref.sync import sync_to_async
+
+        backends = self._later_backends()
+        for backend in backends:
+            try:
+                native = getattr(backend, "aget_connection", None)
+                if native is not None:
+                    found = await native(conn_id)
+                elif type(backend).__name__ == "EnvironmentVariablesBackend":
+                    found = call_backend(backend, "get_connection", conn_id, team_name)  # reads os.environ only
+                else:
+                    found = await sync_to_async(call_backend)(backend, "get_connection", conn_id, team_name)
+            except SecretReferenceError:
+                raise
+            except Exception:
+                log.debug("%s.aget_connection(%r) failed; trying the next backend", type(backend).__name__, conn_id, exc_info=True)
+                continue
+            if found is not None:
+                return found
+        return await sync_to_async(last_resort_connection)(conn_id, backends)
 
     def get_variable(self, key: str, team_name: str | None = None) -> str | None:
         """Find the raw variable later in the chain and return it with its references resolved."""
@@ -214,7 +316,7 @@ class SecretsManagerRefsBackend(BaseSecretsBackend):
             raw = self._ask_chain("get_variable", key, team_name)
             if raw is None:
                 return None
-            return self._expansion(key, "variable").variable(raw)
+            return self._expand_raw_variable(raw, key)
 
     def get_config(self, key: str) -> str | None:
         """Configuration is not served by this backend."""

@@ -91,6 +91,15 @@ class TTLCache(Generic[V]):
         with self._lock:
             self._entries.clear()
 
+    def peek(self, key: Hashable) -> V | None:
+        """The fresh value for ``key``, or ``None``; never loads, never waits for a load."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None or self.timer() >= entry.expires_at:
+                return None
+            self._entries.move_to_end(key)
+            return entry.value
+
     def get_or_load(
         self,
         key: Hashable,

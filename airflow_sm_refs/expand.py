@@ -14,13 +14,14 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from airflow_sm_refs._exceptions import ReferenceSyntaxError, SecretReferenceError
+from airflow_sm_refs._exceptions import ReferenceSyntaxError, SecretFetchError, SecretReferenceError
 from airflow_sm_refs.reference import SecretReference, has_reference, split_references
 from airflow_sm_refs.resolver import SecretResolver
 
 __all__ = [
     "CONNECTION_FIELDS",
     "Expansion",
+    "NotCached",
     "build_connection",
     "connection_has_references",
     "expand_connection",
@@ -52,14 +53,17 @@ _MAX_LOGGED_HITS = 10_000
 
 
 def _default_mask(value: str) -> None:
-    from airflow.sdk._shared.secrets_masker import _secrets_masker
-    from airflow.sdk.log import mask_secret
+    from airflow_sm_refs._compat import mask_secret, secrets_masker
 
-    seen = _MASKED.setdefault(id(_secrets_masker()), set())
+    seen = _MASKED.setdefault(id(secrets_masker()), set())
     digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).digest()
     if digest not in seen:
         mask_secret(value)
         seen.add(digest)
+
+
+class NotCached(Exception):  # noqa: N818 - a signal, not an error
+    """A cache-only expansion met a reference the in-process cache does not hold fresh."""
 
 
 def _describe(ref: SecretReference) -> str:
@@ -74,6 +78,8 @@ class Expansion:
     :param kind: ``connection`` or ``variable``, for logs
     :param mask: registers a value with Airflow's secrets masker
     :param check: called with each reference before it is resolved (the allowlist)
+    :param cached_only: serve references from the in-process cache only, and raise
+        :class:`NotCached` for one it does not hold (the event loop must not wait on AWS)
     """
 
     def __init__(
@@ -84,8 +90,10 @@ class Expansion:
         kind: str = "connection",
         mask: Callable[[str], None] = _default_mask,
         check: Callable[[SecretReference], None] | None = None,
+        cached_only: bool = False,
     ) -> None:
         self.resolver = resolver
+        self.cached_only = cached_only
         self.conn_id = conn_id
         self.kind = kind
         self.mask = mask
@@ -98,7 +106,15 @@ class Expansion:
         try:
             if self.check is not None:
                 self.check(ref)
-            resolved = self.resolver.resolve(ref)
+            if self.cached_only:
+                cached = self.resolver.resolve_cached(ref)
+                if cached is None:
+                    raise NotCached(ref.text)
+                resolved = cached
+            else:
+                resolved = self.resolver.resolve(ref)
+        except NotCached:
+            raise
         except SecretReferenceError as exc:
             log.error(
                 "%s %r field %r: secret %s (%s): failed: %s",
@@ -110,6 +126,25 @@ class Expansion:
                 exc.detail,
             )
             raise exc.located(conn_id=self.conn_id, field=field) from None
+        except Exception as exc:
+            # Anything else (a bad botocore option, a pathological secret) must
+            # not reach Airflow's loop, which would try the next backend and
+            # hand out the raw reference. Its text may hold a value: keep the type.
+            log.error(
+                "%s %r field %r: secret %s (%s): failed: unexpected %s",
+                self.kind,
+                self.conn_id,
+                field,
+                _describe(ref),
+                ref.version_label,
+                type(exc).__name__,
+            )
+            raise SecretFetchError(
+                f"unexpected {type(exc).__name__} while resolving the reference; no value was handed out",
+                reference=ref.text,
+                conn_id=self.conn_id,
+                field=field,
+            ) from None
         # Masked before anything else can print it, spliced or not, whatever
         # the key it sits under.
         self.mask(resolved.value)

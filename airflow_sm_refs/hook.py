@@ -162,12 +162,11 @@ class SecretsManagerRefsHook(AwsBaseHook):
 
 def _backend_resolves_here() -> bool:
     """Whether this package's backend is in the current chain and resolves in this process."""
-    from airflow.sdk.execution_time.supervisor import ensure_secrets_backend_loaded
-
+    from airflow_sm_refs._compat import later_backends
     from airflow_sm_refs.backend import SecretsManagerRefsBackend
 
     return any(
         isinstance(backend, SecretsManagerRefsBackend) and not backend._steps_aside()
-        for backend in ensure_secrets_backend_loaded()
+        for backend in later_backends()
     )
 

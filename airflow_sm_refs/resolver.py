@@ -129,6 +129,14 @@ class SecretResolver:
             return result.value, "process cache (stale)"
         return result.value, fetched_from[0]
 
+    def resolve_cached(self, ref: SecretReference) -> ResolvedSecret | None:
+        """The value of ``ref`` if the in-process tier holds it fresh, else ``None``; never waits."""
+        started = time.perf_counter()
+        payload = self.cache.peek(self.cache_key(ref))
+        if payload is None:
+            return None
+        return ResolvedSecret(extract_value(ref, payload), "process cache", time.perf_counter() - started)
+
     def resolve(self, ref: SecretReference) -> ResolvedSecret:
         """The value ``ref`` names: the whole secret, or one key of its JSON.
 

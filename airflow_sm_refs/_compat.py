@@ -1,0 +1,300 @@
+"""Everything that differs between the Airflow lines this package runs on (2.10 to 3.x).
+
+No other module looks at Airflow's version or its internals that moved
+between releases; they ask this one for a *capability*:
+
+- :data:`AUTHORITATIVE_DENY`: the lookup loops stop at
+  ``AirflowSecretsBackendAccessDenied`` instead of trying the next backend
+  (Task SDK 1.2.2, Airflow 3.2.2). Where they do not, a failure is escalated
+  to :class:`~airflow_sm_refs._exceptions.SecretLookupAborted`, which every
+  loop lets through (it is not an ``Exception``) and every task runner and
+  the triggerer turn into a clean task failure.
+- :func:`process_role`: what this process is (task, trigger runner, server,
+  DAG parser, CLI), decided from what the process is, not from a version.
+- :func:`later_backends`, :func:`last_resort_connection`,
+  :func:`last_resort_variable`: where the raw value is found.
+- :func:`mask_secret`, :func:`amask_secret`, :func:`secrets_masker`: the
+  masker of this line, and a way to register a value that is safe inside the
+  trigger runner's event loop.
+
+Everything is computed from what is importable, once, at import time; the
+imports themselves are cheap (no AWS, no provider hooks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import importlib.util
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = [
+    "AUTHORITATIVE_DENY",
+    "DenyBase",
+    "HAS_TASK_SDK",
+    "ProcessRole",
+    "amask_secret",
+    "call_backend",
+    "connection_class_of",
+    "later_backends",
+    "last_resort_connection",
+    "last_resort_variable",
+    "mask_secret",
+    "process_role",
+    "secrets_masker",
+]
+
+
+def _has_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+#: Airflow 3's Task SDK runs tasks: a task process talks to a supervisor, not the metastore.
+HAS_TASK_SDK: bool = _has_module("airflow.sdk.execution_time")
+
+try:  # Task SDK 1.2.2+ (Airflow 3.2.2+): every lookup loop re-raises this class
+    from airflow.sdk.exceptions import AirflowSecretsBackendAccessDenied as _Deny
+
+    AUTHORITATIVE_DENY: bool = True
+    DenyBase: type[Exception] = _Deny
+except ImportError:
+    AUTHORITATIVE_DENY = False
+    DenyBase = Exception
+
+
+# --- which process this is -------------------------------------------------------------
+class ProcessRole(enum.Enum):
+    """What a process is, as far as resolving references goes (DESIGN §3)."""
+
+    #: a task process (also ``dags test``, ``tasks test``): resolves, fails closed
+    TASK = "task"
+    #: runs triggers of deferrable operators: resolves, fails closed
+    TRIGGER = "trigger"
+    #: API server, webserver, scheduler, triggerer parent, Celery worker parent: steps aside
+    SERVER = "server"
+    #: parses DAG files: steps aside
+    PARSER = "parser"
+    #: ``airflow connections ...``/``variables ...``: steps aside, so no resolved value is printed
+    CLI = "cli"
+    #: anything else (a script, a test, this package's own CLI): resolves, fails closed
+    OTHER = "other"
+
+    @property
+    def resolves(self) -> bool:
+        """Whether the backend resolves references in such a process by default."""
+        return self in (ProcessRole.TASK, ProcessRole.TRIGGER, ProcessRole.OTHER)
+
+
+# Airflow CLI commands and the role of a process started by them that has no
+# task of its own running. Task processes forked from a scheduler (2.x
+# LocalExecutor) or a Celery worker keep that parent's argv, so the task
+# checks come first.
+_SERVER_COMMANDS = frozenset({"api-server", "webserver", "scheduler", "triggerer", "internal-api", "celery"})
+_PARSER_COMMANDS = frozenset({"dag-processor"})
+_CLI_COMMANDS = frozenset({"connections", "variables", "config"})
+_PARSING_DAG_COMMANDS = frozenset({"reserialize", "list", "list-import-errors", "report", "show", "details"})
+
+
+def _airflow_command(argv: Sequence[str] | None = None) -> tuple[str, ...]:
+    """The Airflow CLI command this process runs (``("tasks", "run")``), or ``()``."""
+    argv = list(sys.argv if argv is None else argv)
+    if not argv:
+        return ()
+    program = os.path.basename(argv[0])
+    if program.startswith("gunicorn") and any("airflow" in a and "webserver" in a for a in argv):
+        return ("webserver",)  # 2.x webserver workers
+    if program == "airflow" or (program.startswith("python") and argv[1:3] == ["-m", "airflow"]):
+        args = argv[1:] if program == "airflow" else argv[3:]
+        words = tuple(a for a in args if not a.startswith("-"))[:2]
+        return words
+    return ()
+
+
+def _supervisor_comms() -> Any | None:
+    if not HAS_TASK_SDK:
+        return None
+    module = sys.modules.get("airflow.sdk.execution_time.task_runner")
+    return getattr(module, "SUPERVISOR_COMMS", None) if module is not None else None
+
+
+def _in_airflow2_task() -> bool:
+    """A 2.x task is rendering or running in this process (``TaskInstance._run_raw_task``)."""
+    module = sys.modules.get("airflow.models.taskinstance")
+    if module is not None and getattr(module, "_CURRENT_CONTEXT", None):
+        return True
+    # Set by the task runner before pre_execute and callbacks, after templates.
+    return "AIRFLOW_CTX_DAG_ID" in os.environ and "AIRFLOW_CTX_TASK_ID" in os.environ
+
+
+def process_role(argv: Sequence[str] | None = None) -> ProcessRole:
+    """What this process is, on any supported Airflow line.
+
+    Airflow 3: task and trigger-runner processes (and DAG-file parsers) hold a
+    supervisor connection, servers never do; ``_AIRFLOW_PROCESS_CONTEXT`` is
+    only set from 3.1.1 and is inherited by LocalExecutor tasks, so it cannot
+    decide alone. Airflow 2: tasks and the triggerer read the metastore
+    themselves; a task is recognised by its running task context.
+    """
+    command = _airflow_command(argv)
+    head = command[0] if command else ""
+    if HAS_TASK_SDK:
+        if _supervisor_comms() is not None:
+            if head in _PARSER_COMMANDS or (head == "dags" and command[1:] and command[1] in _PARSING_DAG_COMMANDS):
+                return ProcessRole.PARSER
+            return ProcessRole.TRIGGER if head == "triggerer" else ProcessRole.TASK
+        if os.environ.get("_AIRFLOW_PROCESS_CONTEXT") == "server":
+            return ProcessRole.CLI if head in _CLI_COMMANDS else ProcessRole.SERVER
+    else:
+        if _in_airflow2_task():
+            return ProcessRole.TASK
+        if head == "triggerer":  # 2.x runs triggers in the triggerer process itself
+            return ProcessRole.TRIGGER
+        if command[:2] in {("tasks", "run"), ("tasks", "test"), ("dags", "test")}:
+            return ProcessRole.TASK
+        if head == "scheduler":  # 2.x parses DAG files in processes forked from it
+            return ProcessRole.SERVER
+        if head == "celery":  # 2.x Celery runs tasks in forks that keep its argv
+            return ProcessRole.OTHER
+    if head in _PARSER_COMMANDS or (head == "dags" and command[1:] and command[1] in _PARSING_DAG_COMMANDS):
+        return ProcessRole.PARSER
+    if head in _CLI_COMMANDS:
+        return ProcessRole.CLI
+    if head in _SERVER_COMMANDS:
+        return ProcessRole.SERVER
+    return ProcessRole.OTHER
+
+
+# --- where raw values are found --------------------------------------------------------
+def later_backends() -> list[Any]:
+    """The secrets backends of this process's chain, in order (this package's included)."""
+    if HAS_TASK_SDK:
+        from airflow.sdk.execution_time.supervisor import ensure_secrets_backend_loaded
+
+        return list(ensure_secrets_backend_loaded())
+    from airflow.configuration import ensure_secrets_loaded
+
+    return list(ensure_secrets_loaded())
+
+
+def call_backend(backend: Any, method: str, key: str, team_name: str | None) -> Any:
+    """Call ``backend.<method>(key)``; ``team_name`` only where given (older backends lack it)."""
+    if team_name is None:
+        return getattr(backend, method)(key)
+    return getattr(backend, method)(key, team_name=team_name)
+
+
+def _chain_asks_supervisor(backends: Sequence[Any]) -> bool:
+    # 3.1.1+: a backend in the chain talks to the supervisor (or, in servers, the metastore).
+    names = {type(b).__name__ for b in backends}
+    return bool(names & {"ExecutionAPISecretsBackend", "MetastoreBackend"})
+
+
+def last_resort_connection(conn_id: str, backends: Sequence[Any]) -> Any | None:
+    """The raw connection from the supervisor, where the chain does not ask it itself (3.0, 3.1.0).
+
+    In those releases a task's last resort is a direct ``GetConnection`` to
+    its supervisor after the backend loop; a backend that must find the raw
+    value makes the same request.
+    """
+    comms = _supervisor_comms()
+    if comms is None or _chain_asks_supervisor(backends):
+        return None
+    from airflow.sdk.execution_time.comms import ErrorResponse, GetConnection
+    from airflow.sdk.execution_time.context import _convert_connection_result_conn
+
+    msg = comms.send(GetConnection(conn_id=conn_id))
+    if msg is None or isinstance(msg, ErrorResponse):
+        return None
+    return _convert_connection_result_conn(msg)
+
+
+def last_resort_variable(key: str, backends: Sequence[Any]) -> str | None:
+    """The raw variable value from the supervisor, where the chain does not ask it itself (3.0, 3.1.0)."""
+    comms = _supervisor_comms()
+    if comms is None or _chain_asks_supervisor(backends):
+        return None
+    from airflow.sdk.execution_time.comms import ErrorResponse, GetVariable
+
+    msg = comms.send(GetVariable(key=key))
+    if msg is None or isinstance(msg, ErrorResponse):
+        return None
+    return getattr(msg, "value", None)
+
+
+def connection_class_of(backend: Any) -> type | None:
+    """The connection class ``backend`` is told to build (3.2+), else ``None``: the raw one's class."""
+    getter = getattr(backend, "_get_connection_class", None)
+    return getter() if getter is not None else None
+
+
+# --- the secrets masker ----------------------------------------------------------------
+def _masker_module() -> Any:
+    if _has_module("airflow.sdk._shared.secrets_masker"):  # 3.1+
+        import airflow.sdk._shared.secrets_masker as module
+    elif _has_module("airflow.sdk.execution_time.secrets_masker"):  # 3.0
+        import airflow.sdk.execution_time.secrets_masker as module  # type: ignore[no-redef]
+    else:  # 2.x
+        import airflow.utils.log.secrets_masker as module  # type: ignore[no-redef]
+    return module
+
+
+def secrets_masker() -> Any:
+    """This process's secrets masker (a new one after Airflow resets it between tasks)."""
+    return _masker_module()._secrets_masker()
+
+
+def _in_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def mask_secret(value: str) -> None:
+    """Register ``value`` with the masker of this process and, in a task, of its supervisor.
+
+    Inside a running event loop (the trigger runner) only the local masker is
+    told: the supervisor call there is a blocking bridge into the same loop,
+    which raises (apache/airflow#70398) or deadlocks. The trigger runner
+    masks its own log lines, so nothing goes out unmasked.
+    """
+    if _in_event_loop():
+        secrets_masker().add_mask(value)
+        return
+    if HAS_TASK_SDK:
+        if _has_module("airflow.sdk.log") and hasattr(_import("airflow.sdk.log"), "mask_secret"):
+            sdk_mask = _import("airflow.sdk.log").mask_secret
+        else:
+            sdk_mask = _masker_module().mask_secret
+        try:
+            sdk_mask(value)
+        except Exception:  # noqa: BLE001 - a supervisor that cannot be told must not fail the lookup
+            secrets_masker().add_mask(value)
+        return
+    _masker_module().mask_secret(value)
+
+
+async def amask_secret(value: str) -> None:
+    """:func:`mask_secret` from inside an event loop, telling the supervisor where the SDK can."""
+    module = _import("airflow.sdk.log") if _has_module("airflow.sdk.log") else None
+    amask = getattr(module, "amask_secret", None)
+    if amask is None:
+        secrets_masker().add_mask(value)
+        return
+    try:
+        await amask(value)
+    except Exception:  # noqa: BLE001
+        secrets_masker().add_mask(value)
+
+
+def _import(name: str) -> Any:
+    import importlib
+
+    return importlib.import_module(name)
