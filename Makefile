@@ -4,8 +4,14 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# Older Airflow lines the `compat` tests also run on, each in its own venv
+# under .venv-compat/, pinned by constraints/airflow-<line>.txt.
+COMPAT_LINES ?= 2.10.3 2.11.0 3.0.6 3.1.8 3.2.1
+# The test modules marked `compat`: only these are collected on older lines,
+# so a module written for the newest Airflow is never imported there.
+COMPAT_TESTS ?= $(shell grep -l '^pytestmark = .*pytest.mark.compat' tests/test_*.py)
 
-.PHONY: venv test e2e demo bench clean
+.PHONY: venv test e2e demo bench clean test-compat compat-venvs compat-smoke
 
 # Installs with uv when it can be had (much faster), else with pip; both
 # honour constraints.txt, the versions the suite is known to pass with.
@@ -33,6 +39,35 @@ demo: venv
 bench: venv
 	$(BIN)/python benchmarks/lookup.py
 	@if [ -f benchmarks/worker_cache.py ]; then $(BIN)/python benchmarks/worker_cache.py; fi
+
+# Every line is run even when one fails; the target fails at the end if any
+# did. pytest's exit 5 (no test collected) fails a line: nothing was tested.
+test-compat:
+	@failed=""; \
+	for line in $(COMPAT_LINES); do \
+		echo "=== Airflow $$line: compat tests"; \
+		start=$$(date +%s); \
+		if bash .ci/compat-venv.sh $$line; then \
+			built=$$(date +%s); \
+			AIRFLOW_SM_REFS_COMPAT_LINE=$$line .venv-compat/$$line/bin/python -m pytest -m compat $(PYTEST_ARGS) $(COMPAT_TESTS); \
+			rc=$$?; \
+			[ $$rc -eq 5 ] && echo "Airflow $$line: pytest collected no compat test"; \
+		else \
+			built=$$(date +%s); rc=venv; \
+		fi; \
+		end=$$(date +%s); \
+		echo "=== Airflow $$line: $$([ "$$rc" = 0 ] && echo ok || echo "FAILED ($$rc)") in $$((end - start)) s (venv $$((built - start)) s, tests $$((end - built)) s)"; \
+		[ "$$rc" = 0 ] || failed="$$failed $$line"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "test-compat failed on:$$failed"; exit 1; fi; \
+	echo "test-compat passed on: $(COMPAT_LINES)"
+
+compat-venvs:
+	@for line in $(COMPAT_LINES); do bash .ci/compat-venv.sh $$line || exit 1; done
+
+# airflow version, airflow db migrate and the key imports in each venv.
+compat-smoke: compat-venvs
+	bash .ci/compat-smoke.sh $(COMPAT_LINES)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

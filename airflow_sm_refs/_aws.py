@@ -136,12 +136,31 @@ def clients_for_settings(settings: Mapping[str, Any]) -> RegionalClients:
     """
     quiet_secret_bodies()
     settings = {k: v for k, v in settings.items() if v is not None}
+    check_config_kwargs(settings.get("config_kwargs"))
     identity = identity_of(settings)
     with _REGISTRY_LOCK:
         clients = _REGISTRY.get(identity)
         if clients is None:
             clients = _REGISTRY[identity] = _build_from_settings(settings, identity)
         return clients
+
+
+def check_config_kwargs(config_kwargs: Any) -> None:
+    """Refuse ``config_kwargs`` that ``botocore.config.Config`` would not take, naming the option.
+
+    :raises SecretFetchError: naming the unknown options (a typo must not fall through)
+    """
+    from airflow_sm_refs._exceptions import SecretFetchError
+
+    if config_kwargs is None:
+        return
+    if not isinstance(config_kwargs, Mapping):
+        raise SecretFetchError(f"config_kwargs must be a JSON object of botocore Config options, got {type(config_kwargs).__name__}")
+    from botocore.config import Config
+
+    unknown = sorted(set(config_kwargs) - set(Config.OPTION_DEFAULTS))
+    if unknown:
+        raise SecretFetchError(f"config_kwargs has unknown botocore Config option(s) {unknown}")
 
 
 def _build_from_settings(settings: dict[str, Any], identity: str) -> RegionalClients:

@@ -34,6 +34,8 @@ from typing import Any
 __all__ = [
     "AUTHORITATIVE_DENY",
     "DenyBase",
+    "base_hook",
+    "reset_secrets_chain",
     "HAS_TASK_SDK",
     "ProcessRole",
     "amask_secret",
@@ -43,7 +45,9 @@ __all__ = [
     "last_resort_connection",
     "last_resort_variable",
     "mask_secret",
+    "not_found_errors",
     "process_role",
+    "redact",
     "secrets_masker",
 ]
 
@@ -298,3 +302,43 @@ def _import(name: str) -> Any:
     import importlib
 
     return importlib.import_module(name)
+
+
+# --- what tests and tools need of the line they run on ----------------------------------
+def base_hook() -> type:
+    """Airflow's ``BaseHook`` of this line (the Task SDK's on 3.x)."""
+    if HAS_TASK_SDK and _has_module("airflow.sdk.bases.hook"):
+        from airflow.sdk import BaseHook
+    else:
+        from airflow.hooks.base import BaseHook  # type: ignore[no-redef]
+    return BaseHook
+
+
+def reset_secrets_chain() -> None:
+    """Make Airflow build its secrets backend chain again, from the current configuration."""
+    import airflow.configuration as configuration
+
+    try:
+        from airflow.sdk import configuration as sdk_configuration
+
+        sdk_configuration._secrets_backend_cache.clear()
+    except (ImportError, AttributeError):
+        pass
+    if hasattr(configuration, "secrets_backend_list"):
+        configuration.secrets_backend_list = configuration.initialize_secrets_backends()
+
+
+def not_found_errors() -> tuple[type[BaseException], ...]:
+    """What ``BaseHook.get_connection`` raises for an unknown connection, on this line."""
+    errors: list[type[BaseException]] = []
+    for module in ("airflow.sdk.exceptions", "airflow.exceptions"):
+        try:
+            errors.append(getattr(_import(module), "AirflowNotFoundException"))
+        except (ImportError, AttributeError):
+            continue
+    return tuple(errors)
+
+
+def redact(value: Any) -> Any:
+    """``value`` as this process's secrets masker would write it to a log."""
+    return secrets_masker().redact(value)

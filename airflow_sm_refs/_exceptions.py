@@ -56,12 +56,16 @@ class SecretReferenceError(DenyBase):  # type: ignore[misc,valid-type]
             where.append(f"reference {self.reference!r}")
         return f"{', '.join(where)}: {self.detail}" if where else self.detail
 
-    def located(self, *, conn_id: str | None, field: str | None) -> SecretReferenceError:
-        """Return this error with the connection and field filled in where unknown."""
+    def located(
+        self, *, conn_id: str | None, field: str | None, reference: str | None = None
+    ) -> SecretReferenceError:
+        """Return this error with the connection, field and reference filled in where unknown."""
         if self.conn_id is None:
             self.conn_id = conn_id
         if self.field is None:
             self.field = field
+        if self.reference is None:
+            self.reference = reference
         self.args = (self._render(),)
         return self
 

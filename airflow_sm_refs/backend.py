@@ -187,7 +187,7 @@ class SecretsManagerRefsBackend(BaseSecretsBackend):
         from airflow_sm_refs.expand import Expansion
 
         return Expansion(
-            self.resolver,
+            lambda: self.resolver,
             conn_id=conn_id,
             kind=kind,
             check=self.policy.checker(conn_id, kind),
@@ -258,7 +258,8 @@ class SecretsManagerRefsBackend(BaseSecretsBackend):
 
         A connection whose references are all in the in-process cache is
         expanded in the loop, with no thread hop; anything that may wait on
-        AWS, a file lock or the supervisor runs in a worker thread, so the
+        AWS, a file lock or the supervisor (a backend without a native
+        ``aget_connection``, a cache miss) runs in a worker thread, so the
         loop is never blocked.
         """
         if self._steps_aside():
@@ -280,8 +281,10 @@ class SecretsManagerRefsBackend(BaseSecretsBackend):
             pass
         except SecretLookupAborted:
             raise
-        except Exception as exc:
+        except SecretReferenceError as exc:
             raise self._fail_closed(exc, conn_id, "connection") from None
+        except Exception:  # noqa: BLE001 - e.g. a 3.0 Connection that tells the supervisor from inside the loop
+            log.debug("expanding %r in the event loop failed; expanding in a worker thread", conn_id, exc_info=True)
         return await sync_to_async(self._expand_raw_connection)(raw, conn_id)
 
     async def _aask_chain_connection(self, conn_id: str, team_name: str | None) -> Any:
@@ -293,9 +296,9 @@ class SecretsManagerRefsBackend(BaseSecretsBackend):
                 native = getattr(backend, "aget_connection", None)
                 if native is not None:
                     found = await native(conn_id)
-                elif type(backend).__name__ == "EnvironmentVariablesBackend":
-                    found = call_backend(backend, "get_connection", conn_id, team_name)  # reads os.environ only
                 else:
+                    # Even building a Connection may call the supervisor (3.0 masks
+                    # its password), which must not happen inside the loop.
                     found = await sync_to_async(call_backend)(backend, "get_connection", conn_id, team_name)
             except SecretReferenceError:
                 raise

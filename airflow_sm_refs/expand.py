@@ -84,7 +84,7 @@ class Expansion:
 
     def __init__(
         self,
-        resolver: SecretResolver,
+        resolver: SecretResolver | Callable[[], SecretResolver],
         *,
         conn_id: str | None = None,
         kind: str = "connection",
@@ -92,13 +92,22 @@ class Expansion:
         check: Callable[[SecretReference], None] | None = None,
         cached_only: bool = False,
     ) -> None:
-        self.resolver = resolver
+        # A factory is called at the first reference, so that a failure to
+        # build clients is reported against that reference.
+        self._resolver = resolver
         self.cached_only = cached_only
         self.conn_id = conn_id
         self.kind = kind
         self.mask = mask
         self.check = check
         self.references = 0
+
+    @property
+    def resolver(self) -> SecretResolver:
+        """The resolver, built on first use when a factory was given."""
+        if not hasattr(self._resolver, "resolve"):  # a factory
+            self._resolver = self._resolver()
+        return self._resolver
 
     def resolve(self, ref: SecretReference, field: str) -> str:
         """Resolve one reference found in ``field``; mask and log it."""
@@ -125,7 +134,7 @@ class Expansion:
                 ref.version_label,
                 exc.detail,
             )
-            raise exc.located(conn_id=self.conn_id, field=field) from None
+            raise exc.located(conn_id=self.conn_id, field=field, reference=ref.text) from None
         except Exception as exc:
             # Anything else (a bad botocore option, a pathological secret) must
             # not reach Airflow's loop, which would try the next backend and

@@ -58,10 +58,10 @@ def aws_server() -> Iterator[AwsStandIn]:
 
 
 def reset_airflow_secrets_cache() -> None:
-    """Make the Task SDK build its backend chain again (it memoises it per process)."""
-    from airflow.sdk import configuration as sdk_configuration
+    """Make Airflow build its backend chain again (it memoises it per process)."""
+    from airflow_sm_refs._compat import reset_secrets_chain
 
-    sdk_configuration._secrets_backend_cache.clear()
+    reset_secrets_chain()
 
 
 def reset_plugin_state() -> None:
@@ -120,11 +120,48 @@ def set_conn(monkeypatch: pytest.MonkeyPatch, conn_id: str, value: dict[str, Any
     monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", text)
 
 
+class Raised:
+    """What :func:`lookup_fails` caught: ``value`` is this package's error, unwrapped."""
+
+    value: Any = None
+
+
+@contextmanager
+def lookup_fails(error: type[BaseException], match: str | None = None) -> Iterator[Raised]:
+    """Expect a lookup through Airflow's chain to fail with ``error``, by this line's mechanism.
+
+    Where Airflow stops at an authoritative deny (3.2.2+) the error itself
+    comes out; before that it must come wrapped in ``SecretLookupAborted``,
+    which no lookup loop can swallow.
+    """
+    from airflow_sm_refs._compat import AUTHORITATIVE_DENY
+    from airflow_sm_refs._exceptions import SecretLookupAborted
+
+    raised = Raised()
+    with pytest.raises((error, SecretLookupAborted), match=match) as info:
+        yield raised
+    caught = info.value
+    if AUTHORITATIVE_DENY:
+        assert not isinstance(caught, SecretLookupAborted)
+        raised.value = caught
+    else:
+        assert isinstance(caught, SecretLookupAborted), f"{type(caught).__name__} would be swallowed by the lookup loop"
+        assert str(caught) == str(caught.error)
+        raised.value = caught.error
+    assert isinstance(raised.value, error)
+
+
+needs_task_sdk = pytest.mark.skipif(
+    not __import__("airflow_sm_refs._compat", fromlist=["HAS_TASK_SDK"]).HAS_TASK_SDK,
+    reason="Airflow 3 process roles (supervisor connection)",
+)
+
+
 def get_connection(conn_id: str) -> Any:
     """Look a connection up as a task does."""
-    from airflow.sdk import BaseHook
+    from airflow_sm_refs._compat import base_hook
 
-    return BaseHook.get_connection(conn_id)
+    return base_hook().get_connection(conn_id)
 
 
 # Loggers whose records the leak guard reads: ours and the AWS stack under us.

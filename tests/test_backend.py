@@ -18,7 +18,9 @@ from airflow_sm_refs import (
     SecretTransientError,
 )
 from standins.aws import ACCESS_DENIED, INTERNAL_ERROR, THROTTLING, AwsStandIn
-from tests.conftest import configure_backend, get_connection, set_conn
+from tests.conftest import configure_backend, get_connection, lookup_fails, needs_task_sdk, set_conn
+
+pytestmark = pytest.mark.compat
 
 DB_SECRET = {"username": "app_user", "password": "Str0ng-pässword"}
 
@@ -33,7 +35,7 @@ def make_secret(aws: AwsStandIn, name: str, value: Any, region: str = "us-east-1
 
 
 def redacted(text: str) -> str:
-    from airflow.sdk._shared.secrets_masker import redact
+    from airflow_sm_refs._compat import redact
 
     return str(redact(text))
 
@@ -169,7 +171,7 @@ class TestSecretsManagerRefsBackend:
         set_conn(monkeypatch, "bin", {"conn_type": "generic", "password": "{{workato:sm::certs/key}}"})
         assert get_connection("bin").password == "AAFiaW5hcnn/"
         set_conn(monkeypatch, "bin_key", {"conn_type": "generic", "password": "{{workato:sm:pem:certs/key}}"})
-        with pytest.raises(SecretKeyError, match="binary"):
+        with lookup_fails(SecretKeyError, match="binary"):
             get_connection("bin_key")
 
     # --- values with awkward content ---------------------------------------------
@@ -214,9 +216,9 @@ class TestSecretsManagerRefsBackend:
         assert backend_configured.calls() == 0
 
     def test_missing_connection_is_still_not_found(self, backend_configured: AwsStandIn) -> None:
-        from airflow.sdk.exceptions import AirflowNotFoundException
+        from airflow_sm_refs._compat import not_found_errors
 
-        with pytest.raises(AirflowNotFoundException):
+        with pytest.raises(not_found_errors()):
             get_connection("does_not_exist")
         assert backend_configured.calls() == 0
 
@@ -243,7 +245,7 @@ class TestSecretsManagerRefsBackend:
         make_secret(backend_configured, "prod/db", DB_SECRET)
         make_secret(backend_configured, "plain/text", "plaintext-secret-value")
         set_conn(monkeypatch, "broken", {"conn_type": "postgres", "login": "{{workato:sm:username:prod/db}}", "password": password})
-        with caplog.at_level(logging.DEBUG), pytest.raises(error) as info:
+        with caplog.at_level(logging.DEBUG), lookup_fails(error) as info:
             get_connection("broken")
         exc = info.value
         assert isinstance(exc, SecretReferenceError)
@@ -258,14 +260,14 @@ class TestSecretsManagerRefsBackend:
     def test_error_is_not_swallowed_by_later_backends(self, backend_configured: AwsStandIn, monkeypatch: pytest.MonkeyPatch) -> None:
         """The raw token must never be handed out as if it were the password."""
         set_conn(monkeypatch, "gone", {"conn_type": "postgres", "password": "{{workato:sm:password:deleted/secret}}"})
-        with pytest.raises(SecretNotFoundError):
+        with lookup_fails(SecretNotFoundError):
             get_connection("gone")
 
     def test_access_denied(self, backend_configured: AwsStandIn, monkeypatch: pytest.MonkeyPatch) -> None:
         make_secret(backend_configured, "prod/db", DB_SECRET)
         set_conn(monkeypatch, "denied", {"conn_type": "postgres", "password": "{{workato:sm:password:prod/db}}"})
         backend_configured.fail_next(ACCESS_DENIED)
-        with pytest.raises(SecretAccessDeniedError, match="AccessDeniedException"):
+        with lookup_fails(SecretAccessDeniedError, match="AccessDeniedException"):
             get_connection("denied")
 
     # --- masking ------------------------------------------------------------------
@@ -314,7 +316,7 @@ class TestSecretsManagerRefsBackend:
             config_kwargs={"retries": {"mode": "standard", "total_max_attempts": 1}},
         )
         aws.fail_next(THROTTLING)
-        with pytest.raises(SecretTransientError, match="ThrottlingException"):
+        with lookup_fails(SecretTransientError, match="ThrottlingException"):
             get_connection("retried")
         assert aws.calls() == 1  # one attempt, as configured
 
@@ -333,6 +335,7 @@ class TestSecretsManagerRefsBackend:
         assert aws.calls() == 3  # two failures retried by botocore, then success
 
     # --- server processes ---------------------------------------------------------
+    @needs_task_sdk
     def test_server_process_steps_aside(self, backend_configured: AwsStandIn, monkeypatch: pytest.MonkeyPatch) -> None:
         make_secret(backend_configured, "prod/db", DB_SECRET)
         set_conn(monkeypatch, "db", {"conn_type": "postgres", "password": "{{workato:sm:password:prod/db}}"})
@@ -344,6 +347,7 @@ class TestSecretsManagerRefsBackend:
         )
         assert on_server.get_connection("db").password == DB_SECRET["password"]
 
+    @needs_task_sdk
     def test_task_process_with_inherited_server_variable_still_resolves(
         self, backend_configured: AwsStandIn, monkeypatch: pytest.MonkeyPatch
     ) -> None:
@@ -353,7 +357,7 @@ class TestSecretsManagerRefsBackend:
         make_secret(backend_configured, "prod/db", DB_SECRET)
         set_conn(monkeypatch, "db", {"conn_type": "postgres", "password": "{{workato:sm:password:prod/db}}"})
         monkeypatch.setenv("_AIRFLOW_PROCESS_CONTEXT", "server")
-        monkeypatch.setattr(task_runner, "SUPERVISOR_COMMS", object(), raising=False)
+        monkeypatch.setattr(task_runner, "SUPERVISOR_COMMS", _SilentComms(), raising=False)
         backend = SecretsManagerRefsBackend(region_name="us-east-1", endpoint_url=backend_configured.endpoint_url)
         monkeypatch.setattr(backend, "_later_backends", lambda: [_EnvOnly()])
         assert backend.get_connection("db").password == DB_SECRET["password"]
@@ -373,6 +377,13 @@ class TestSecretsManagerRefsBackend:
     def test_unknown_kwarg_is_a_clear_error(self) -> None:
         with pytest.raises(TypeError, match="cache_tll_seconds"):
             SecretsManagerRefsBackend(cache_tll_seconds=5)
+
+
+class _SilentComms:
+    """A supervisor connection that accepts every message and answers none."""
+
+    def send(self, msg: Any) -> None:
+        return None
 
 
 class _EnvOnly:

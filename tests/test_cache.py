@@ -13,7 +13,9 @@ from airflow_sm_refs._aws import clients_for_settings
 from airflow_sm_refs.cache import TTLCache, jittered_ttl
 from airflow_sm_refs.resolver import SecretResolver, _is_transient
 from standins.aws import INTERNAL_ERROR, THROTTLING, AwsStandIn
-from tests.conftest import FakeClock, set_conn
+from tests.conftest import FakeClock, lookup_fails, set_conn
+
+pytestmark = pytest.mark.compat
 
 
 class Transient(Exception):
@@ -185,7 +187,7 @@ class TestExpiryThroughTheBackend:
         client.delete_secret(SecretId="doomed", ForceDeleteWithoutRecovery=True)
         clock.advance(301)
         for _ in range(2):  # the entry is gone: every later lookup asks AWS again and fails
-            with pytest.raises(SecretNotFoundError, match="doomed"):
+            with lookup_fails(SecretNotFoundError, match="doomed"):
                 backend.get_connection("db")
         assert backend_configured.calls() == 3
 
@@ -200,7 +202,7 @@ class TestExpiryThroughTheBackend:
         set_conn(monkeypatch, "db", {"conn_type": "postgres", "password": "{{workato:sm::revoked}}"})
         backend.get_connection("db")
         clock.advance(301)
-        with backend_configured.failing(ACCESS_DENIED), pytest.raises(SecretAccessDeniedError):
+        with backend_configured.failing(ACCESS_DENIED), lookup_fails(SecretAccessDeniedError):
             backend.get_connection("db")
 
     def test_transient_failure_serves_stale_within_window_only(
@@ -220,5 +222,5 @@ class TestExpiryThroughTheBackend:
         assert "Serving the expired cached value of flaky" in caplog.text
         assert "flaky-value" not in caplog.text
         clock.advance(120)  # 421 s: past 300 + 120
-        with backend_configured.failing(INTERNAL_ERROR), pytest.raises(SecretTransientError):
+        with backend_configured.failing(INTERNAL_ERROR), lookup_fails(SecretTransientError):
             backend.get_connection("db")

@@ -11,7 +11,9 @@ from airflow_sm_refs import ReferenceNotAllowedError, SecretsManagerRefsBackend
 from airflow_sm_refs.policy import AccessPolicy
 from airflow_sm_refs.reference import parse_reference
 from standins.aws import AwsStandIn
-from tests.conftest import configure_backend, get_connection, set_conn
+from tests.conftest import configure_backend, get_connection, lookup_fails, set_conn
+
+pytestmark = pytest.mark.compat
 
 OTHER_ACCOUNT_ARN = "arn:aws:secretsmanager:us-east-1:999999999999:secret:prod/db"
 OWN_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:prod/db"
@@ -54,7 +56,7 @@ class TestAllowlistInTheBackend:
         set_conn(monkeypatch, "exfil", {"conn_type": "http", "host": "attacker.example", "password": "{{workato:sm:password:finance/db}}"})
         assert get_connection("ok").password == "prod-pass-1"
         aws.reset_counts()
-        with pytest.raises(ReferenceNotAllowedError) as info:
+        with lookup_fails(ReferenceNotAllowedError) as info:
             get_connection("exfil")
         message = str(info.value)
         assert "not allowed" in message and "finance/db" in message and "connection 'exfil'" in message
@@ -70,7 +72,7 @@ class TestAllowlistInTheBackend:
         set_conn(monkeypatch, "scratch", {"conn_type": "postgres", "password": "{{workato:sm:password:prod/db}}"})
         set_conn(monkeypatch, "plain", {"conn_type": "postgres", "password": "just-a-password"})
         assert get_connection("warehouse_main").password == "prod-pass-1"
-        with pytest.raises(ReferenceNotAllowedError, match="allowed_conn_ids") as info:
+        with lookup_fails(ReferenceNotAllowedError, match="allowed_conn_ids") as info:
             get_connection("scratch")
         assert info.value.conn_id == "scratch"
         assert get_connection("plain").password == "just-a-password"  # no reference, nothing to refuse
@@ -79,7 +81,7 @@ class TestAllowlistInTheBackend:
         aws.client().create_secret(Name="finance/key", SecretString="finance-key-3")
         backend = SecretsManagerRefsBackend(region_name="us-east-1", endpoint_url=aws.endpoint_url, allowed_secrets=["prod/*"])
         monkeypatch.setenv("AIRFLOW_VAR_API_KEY", "key={{workato:sm::finance/key}}")
-        with pytest.raises(ReferenceNotAllowedError, match="finance/key"):
+        with lookup_fails(ReferenceNotAllowedError, match="finance/key"):
             backend.get_variable("api_key")
         assert aws.calls() == 0
 

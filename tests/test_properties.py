@@ -14,6 +14,8 @@ from airflow_sm_refs import ReferenceSyntaxError, SecretReference, parse_referen
 from airflow_sm_refs.expand import Expansion
 from airflow_sm_refs.resolver import ResolvedSecret
 
+pytestmark = pytest.mark.compat
+
 # --- strategies ----------------------------------------------------------------
 names = st.from_regex(r"[A-Za-z0-9/_+=.@-]{1,40}", fullmatch=True)
 keys = st.from_regex(r"[A-Za-z0-9_ .-]{0,20}", fullmatch=True).filter(lambda k: k == k.strip())

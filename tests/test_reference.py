@@ -6,6 +6,8 @@ import pytest
 
 from airflow_sm_refs import ReferenceSyntaxError, SecretReference, parse_reference, split_references
 
+pytestmark = pytest.mark.compat
+
 ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:prod/db-AbCdEf"
 
 

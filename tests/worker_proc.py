@@ -56,14 +56,16 @@ def _apply_env(env: Mapping[str, str | None]) -> None:
 
 
 def _lookup(conn_id: str, field: str, capture: _Capture) -> dict[str, Any]:
-    from airflow.sdk import BaseHook
+    from airflow_sm_refs._compat import base_hook
 
     started = time.time()
     try:
-        value = getattr(BaseHook.get_connection(conn_id), field)
+        value = getattr(base_hook().get_connection(conn_id), field)
         result: dict[str, Any] = {"ok": True, "digest": digest(value)}
-    except Exception as exc:  # noqa: BLE001 - reported to the test, which judges it
-        result = {"ok": False, "error": type(exc).__name__, "message": str(exc)}
+    except BaseException as exc:  # noqa: BLE001 - reported to the test, which judges it
+        # Before Airflow 3.2.2 our error arrives wrapped in SecretLookupAborted.
+        error = getattr(exc, "error", exc)
+        result = {"ok": False, "error": type(error).__name__, "message": str(error)}
     result.update(pid=os.getpid(), start=started, end=time.time(), log=capture.lines)
     return result
 
@@ -146,9 +148,11 @@ def _warm_imports() -> None:
     from airflow.providers.amazon.aws.hooks import base_aws  # noqa: F401
     from airflow.providers.amazon.aws.secrets import secrets_manager  # noqa: F401
     from airflow.providers.amazon.aws.utils import connection_wrapper  # noqa: F401
-    from airflow.sdk import BaseHook  # noqa: F401
-    from airflow.sdk.execution_time import supervisor  # noqa: F401
     from airflow.secrets import environment_variables  # noqa: F401
+
+    from airflow_sm_refs._compat import base_hook, later_backends  # noqa: F401
+
+    base_hook()
 
     from airflow_sm_refs import _aws, backend, expand, fetch, resolver, worker_cache  # noqa: F401
 
