@@ -4,6 +4,11 @@ Clients are built lazily, one per region (Secrets Manager does not route by
 ARN), and kept at module level keyed by the AWS identity they act as, because
 Airflow builds backend instances often and each new one must not pay for a
 new session.
+
+Fork-safe: a forked child (a task process forked from a warm worker) forgets
+every client and session it inherited and gets new locks. A boto3 client's
+connection pool shares its sockets with the parent, and a lock held by a
+parent thread that was building a client would never be released in the child.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import json
 import logging
 import os
 import threading
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -80,6 +86,11 @@ class RegionalClients:
         self.identity = identity
         self._clients: dict[str | None, Any] = {}
         self._lock = threading.Lock()
+        _FORK_RESET.add(self)
+
+    def _after_fork(self) -> None:
+        self._clients = {}
+        self._lock = threading.Lock()
 
     def region_for(self, region: str | None) -> str | None:
         """The region a request goes to: the ARN's, else the default."""
@@ -128,6 +139,41 @@ def quiet_secret_bodies() -> None:
 _REGISTRY: dict[str, RegionalClients] = {}
 _REGISTRY_LOCK = threading.Lock()
 
+#: what a forked child must reset: every RegionalClients and lazy session of this process
+_FORK_RESET: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def _reset_after_fork() -> None:
+    global _REGISTRY_LOCK
+    _REGISTRY_LOCK = threading.Lock()
+    _REGISTRY.clear()
+    for holder in list(_FORK_RESET):
+        holder._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+class _LazySession:
+    """One boto3 session (one set of credentials, one assume-role) for all regions, made on first use."""
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self._make = make
+        self._session: Any = None
+        self._lock = threading.Lock()
+        _FORK_RESET.add(self)
+
+    def _after_fork(self) -> None:
+        self._session = None
+        self._lock = threading.Lock()
+
+    def get(self) -> Any:
+        with self._lock:
+            if self._session is None:
+                self._session = self._make()
+            return self._session
+
 
 def clients_for_settings(settings: Mapping[str, Any]) -> RegionalClients:
     """Clients built as the provider's ``SecretsManagerBackend`` builds them, shared per identity.
@@ -170,15 +216,7 @@ def _build_from_settings(settings: dict[str, Any], identity: str) -> RegionalCli
     conn_config = AwsConnectionWrapper.from_connection_metadata(
         conn_id="SecretsManagerRefsBackend__connection", extra=dict(settings)
     )
-    session_lock = threading.Lock()
-    session_holder: list[Any] = []
-
-    def session() -> Any:
-        # One session (one set of credentials, one assume-role) for all regions.
-        with session_lock:
-            if not session_holder:
-                session_holder.append(SessionFactory(conn=conn_config).create_session())
-            return session_holder[0]
+    session = _LazySession(lambda: SessionFactory(conn=conn_config).create_session())
 
     def make_client(region: str | None) -> Any:
         # The provider's own backend drops the botocore config here; we pass it
@@ -190,7 +228,7 @@ def _build_from_settings(settings: dict[str, Any], identity: str) -> RegionalCli
         }
         if conn_config.verify is not None:
             kwargs["verify"] = conn_config.verify
-        return session().client("secretsmanager", **{k: v for k, v in kwargs.items() if v is not None})
+        return session.get().client("secretsmanager", **{k: v for k, v in kwargs.items() if v is not None})
 
     return RegionalClients(make_client, conn_config.region_name, identity)
 

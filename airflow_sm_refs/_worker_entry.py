@@ -2,13 +2,25 @@
 
 An entry file is one header line, then a JSON body::
 
-    airflow-sm-refs-entry 1 <body length> <sha256 of body>
-    {"key": [...], "attempt": "...", "payload": {...} | null, "expires_at": ...,
-     "retry_at": ..., "error": {...} | null}
+    airflow-sm-refs-entry 2 <body length> <sha256 of body>
+    {"key": [...], "attempt": "...", "payload": {...} | null, "fetched_at": ...,
+     "draw": ..., "retry_at": ..., "error": {...} | null}
 
 The header carries the body's length and SHA-256 and the body carries its key,
 so a corrupt, truncated or misplaced file decodes to ``None`` (a miss), never
 to a value.
+
+``fetched_at`` is when the value was fetched (wall clock), not when it
+expires: every reader applies its own ``cache_ttl_seconds`` and stale window
+to it, so a reader with a TTL of 60 s is never served a value fetched 30
+minutes ago by a writer with a TTL of an hour. ``draw`` is the entry's jitter
+draw in ``[0, 1)``: a reader's TTL is shortened by ``jitter * draw`` of
+itself, never lengthened, and the same entry expires at the same moment for
+readers with the same TTL. An entry from the future (the clock stepped back)
+is not fresh. The file's mtime is set to ``fetched_at`` (for a failed attempt
+without a value, the time of the attempt), so the sweep that bounds the
+directory judges ages from ``stat`` alone. Format 1 files (a writer's
+``expires_at``) are misses, rewritten on the next fetch.
 
 ``attempt`` names the fetch that wrote the entry. A process that waited on the
 lock compares it with what it saw before waiting: if it changed, another
@@ -36,7 +48,7 @@ from airflow_sm_refs._exceptions import (
 from airflow_sm_refs.fetch import SecretPayload
 
 _MAGIC = b"airflow-sm-refs-entry"
-_FORMAT = b"1"
+_FORMAT = b"2"
 #: a secret is at most 64 KiB; JSON escaping can grow it six-fold
 _MAX_ENTRY_BYTES = 1 << 20
 
@@ -73,15 +85,28 @@ class _Entry:
     key: tuple[str, ...]
     attempt: str
     payload: SecretPayload | None
-    expires_at: float = 0.0
+    #: when the payload was fetched; for a failure without a payload, when the attempt failed
+    fetched_at: float = 0.0
+    #: the jitter draw, in [0, 1)
+    draw: float = 0.0
     retry_at: float = 0.0
     failure: _Failure | None = None
 
-    def is_fresh(self, now: float) -> bool:
-        return self.payload is not None and now < self.expires_at
+    def lifetime(self, ttl: float, jitter: float) -> float:
+        """How long after its fetch the payload is fresh for a reader with ``ttl``."""
+        return ttl * (1.0 - jitter * min(max(self.draw, 0.0), 1.0))
 
-    def can_serve_stale(self, now: float, stale_if_error: float) -> bool:
-        return self.payload is not None and now < self.expires_at + max(stale_if_error, 0.0)
+    def expires_at(self, ttl: float, jitter: float) -> float:
+        return self.fetched_at + self.lifetime(ttl, jitter)
+
+    def is_fresh(self, now: float, ttl: float, jitter: float) -> bool:
+        return self.payload is not None and self.fetched_at <= now < self.expires_at(ttl, jitter)
+
+    def can_serve_stale(self, now: float, ttl: float, stale_if_error: float, jitter: float) -> bool:
+        return (
+            self.payload is not None
+            and self.fetched_at <= now < self.expires_at(ttl, jitter) + max(stale_if_error, 0.0)
+        )
 
 
 def _entry_name(key: tuple[str, ...]) -> str:
@@ -103,7 +128,8 @@ def _encode(entry: _Entry) -> bytes:
             "key": list(entry.key),
             "attempt": entry.attempt,
             "payload": payload,
-            "expires_at": entry.expires_at,
+            "fetched_at": entry.fetched_at,
+            "draw": entry.draw,
             "retry_at": entry.retry_at,
             "error": None if entry.failure is None else vars(entry.failure),
         }
@@ -144,7 +170,8 @@ def _decode(data: bytes, key: tuple[str, ...]) -> _Entry | None:
             key=key,
             attempt=str(doc["attempt"]),
             payload=payload,
-            expires_at=float(doc["expires_at"]),
+            fetched_at=float(doc["fetched_at"]),
+            draw=float(doc["draw"]),
             retry_at=float(doc["retry_at"]),
             failure=failure,
         )

@@ -8,15 +8,17 @@ parameter, so expiry is tested with a fake clock instead of ``sleep``.
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-__all__ = ["TTLCache", "CacheResult", "jittered_ttl"]
+__all__ = ["TTLCache", "CacheResult", "copy_error", "jittered_ttl"]
 
 V = TypeVar("V")
 
@@ -31,11 +33,42 @@ def jittered_ttl(ttl: float, jitter: float = DEFAULT_JITTER, rand: Callable[[], 
     return ttl * (1.0 - jitter * rand())
 
 
+def copy_error(exc: BaseException) -> BaseException:
+    """A new exception equal to ``exc``, so that one waiter adding context never shows in another's.
+
+    Rebuilt the way pickling would (``__reduce__``), which keeps this
+    package's errors' attributes; the cause and traceback are carried over.
+    ``exc`` itself is returned for an exception that cannot be rebuilt.
+    """
+    try:
+        reduced = exc.__reduce__()
+        if isinstance(reduced, str) or len(reduced) < 2:
+            return exc
+        copy = reduced[0](*reduced[1])
+        if len(reduced) > 2 and reduced[2]:
+            copy.__dict__.update(reduced[2])
+    except Exception:  # noqa: BLE001 - an odd exception type: sharing it beats losing it
+        return exc
+    if not isinstance(copy, BaseException):
+        return exc
+    copy.__cause__ = exc.__cause__
+    copy.__suppress_context__ = exc.__suppress_context__
+    return copy.with_traceback(exc.__traceback__)
+
+
 @dataclass
 class _Entry(Generic[V]):
     value: V
-    expires_at: float
-    stale_until: float
+    #: when the value was fetched, on this cache's clock (earlier than its load
+    #: when it came from the worker tier already some seconds old)
+    fetched_at: float
+    #: this entry's draw of the jitter, in [0, 1): every reader shortens its own TTL by it
+    draw: float
+    #: the TTL of whoever loaded it, for :meth:`TTLCache.peek` without a TTL of its own
+    ttl: float
+
+    def lifetime(self, ttl: float, jitter: float) -> float:
+        return ttl * (1.0 - jitter * self.draw)
 
 
 @dataclass(frozen=True)
@@ -57,8 +90,22 @@ class _Flight:
         self.error: BaseException | None = None
 
 
+#: every cache of this process, so that a forked child can reset them
+_INSTANCES: weakref.WeakSet[TTLCache] = weakref.WeakSet()
+
+
+def _reset_after_fork() -> None:
+    for cache in list(_INSTANCES):
+        cache._after_fork()
+
+
 class TTLCache(Generic[V]):
     """A thread-safe, size-bounded cache whose entries expire.
+
+    Freshness is judged by each caller's own ``ttl`` against the time the
+    value was fetched, so two users of one cache with different TTLs each get
+    what they asked for. Fork-safe: a forked child gets a new lock and no
+    loads in flight (the threads running them were not copied); the values stay.
 
     :param maxsize: most entries kept; the least recently used go first
     :param timer: the clock, ``time.monotonic`` unless a test injects one
@@ -81,6 +128,13 @@ class TTLCache(Generic[V]):
         self._lock = threading.Lock()
         self._entries: OrderedDict[Hashable, _Entry[V]] = OrderedDict()
         self._flights: dict[Hashable, _Flight] = {}
+        _INSTANCES.add(self)
+
+    def _after_fork(self) -> None:
+        # The lock may have been held, and the flights led, by threads that
+        # exist only in the parent: waiting on them would hang for ever.
+        self._lock = threading.Lock()
+        self._flights = {}
 
     def __len__(self) -> int:
         with self._lock:
@@ -91,39 +145,48 @@ class TTLCache(Generic[V]):
         with self._lock:
             self._entries.clear()
 
-    def peek(self, key: Hashable) -> V | None:
-        """The fresh value for ``key``, or ``None``; never loads, never waits for a load."""
+    def peek(self, key: Hashable, ttl: float | None = None) -> V | None:
+        """The fresh value for ``key``, or ``None``; never loads, never waits for a load.
+
+        :param ttl: the caller's TTL; ``None``: the TTL of whoever loaded it
+        """
         with self._lock:
             entry = self._entries.get(key)
-            if entry is None or self.timer() >= entry.expires_at:
+            if entry is None or not self._fresh(entry, entry.ttl if ttl is None else ttl, self.timer()):
                 return None
             self._entries.move_to_end(key)
             return entry.value
+
+    def _fresh(self, entry: _Entry[V], ttl: float, now: float) -> bool:
+        return entry.fetched_at <= now < entry.fetched_at + entry.lifetime(ttl, self.jitter)
 
     def get_or_load(
         self,
         key: Hashable,
         loader: Callable[[], V],
         *,
-        ttl: float | Callable[[], float],
+        ttl: float,
         stale_if_error: float = 0.0,
         is_transient: Callable[[BaseException], bool] = lambda exc: False,
+        age: Callable[[], float] | None = None,
     ) -> CacheResult[V]:
         """Return the fresh value for ``key``, loading it once if needed.
 
         If the load fails with an error ``is_transient`` accepts, and an
         expired value is still within ``stale_if_error`` seconds of its
         expiry, that value is returned with source ``"stale"``. Any other
-        failure drops the entry and is raised to every waiting caller.
+        failure drops the entry and is raised to every waiting caller, each
+        getting its own copy of the error.
 
-        :param ttl: seconds a loaded value stays fresh (before jitter); 0 disables caching.
-            A callable is asked after the load, for a loader that learns the
-            remaining lifetime of what it loaded (an entry from the worker tier).
+        :param ttl: seconds after its fetch a value is fresh for this caller
+            (up to ``jitter`` less); 0 disables caching
+        :param age: asked after a load: how many seconds old the loaded value
+            already is (a value from the worker tier); ``None``: just fetched
         """
         with self._lock:
             now = self.timer()
             entry = self._entries.get(key)
-            if entry is not None and now < entry.expires_at:
+            if entry is not None and self._fresh(entry, ttl, now):
                 self._entries.move_to_end(key)
                 return CacheResult(entry.value, "hit")
             flight = self._flights.get(key)
@@ -134,14 +197,17 @@ class TTLCache(Generic[V]):
         if not leader:
             flight.done.wait()
             if flight.error is not None:
-                raise flight.error
+                # Each waiter its own error: the caller adds its connection and
+                # field to it (``located``), which must not show in another lookup.
+                raise copy_error(flight.error)
             assert flight.result is not None
             return flight.result
         try:
-            flight.result = self._load(key, loader, ttl, stale_if_error, is_transient)
+            flight.result = self._load(key, loader, ttl, stale_if_error, is_transient, age)
             return flight.result
         except BaseException as exc:
-            flight.error = exc
+            # Copied before the leader's caller can add its context to ``exc``.
+            flight.error = copy_error(exc)
             raise
         finally:
             with self._lock:
@@ -152,9 +218,10 @@ class TTLCache(Generic[V]):
         self,
         key: Hashable,
         loader: Callable[[], V],
-        ttl: float | Callable[[], float],
+        ttl: float,
         stale_if_error: float,
         is_transient: Callable[[BaseException], bool],
+        age: Callable[[], float] | None,
     ) -> CacheResult[V]:
         try:
             value = loader()
@@ -162,18 +229,26 @@ class TTLCache(Generic[V]):
             with self._lock:
                 now = self.timer()
                 entry = self._entries.get(key)
-                if entry is not None and is_transient(exc) and now < entry.stale_until:
-                    return CacheResult(entry.value, "stale", exc)
+                if entry is not None and is_transient(exc):
+                    # This caller's own TTL and window, from the value's fetch.
+                    stale_until = entry.fetched_at + entry.lifetime(ttl, self.jitter) + max(stale_if_error, 0.0)
+                    if entry.fetched_at <= now < stale_until:
+                        return CacheResult(entry.value, "stale", exc)
                 self._entries.pop(key, None)
             raise
-        if callable(ttl):
-            ttl = ttl()
         if ttl > 0:
+            already = max(0.0, age()) if age is not None else 0.0
             with self._lock:
-                now = self.timer()
-                expires_at = now + jittered_ttl(ttl, self.jitter, self.rand)
-                self._entries[key] = _Entry(value, expires_at, expires_at + max(stale_if_error, 0.0))
-                self._entries.move_to_end(key)
-                while len(self._entries) > self.maxsize:
-                    self._entries.popitem(last=False)
+                entry = _Entry(value, self.timer() - already, self.rand(), ttl)
+                if self._fresh(entry, ttl, entry.fetched_at + already):
+                    self._entries[key] = entry
+                    self._entries.move_to_end(key)
+                    while len(self._entries) > self.maxsize:
+                        self._entries.popitem(last=False)
+                else:  # already expired (a stale value from the worker tier): keep nothing
+                    self._entries.pop(key, None)
         return CacheResult(value, "load")
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)

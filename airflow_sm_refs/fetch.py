@@ -32,7 +32,42 @@ _DENIED = {
     "UnrecognizedClientException",
     "InvalidSignatureException",
     "ExpiredTokenException",
+    # credentials that AWS (or STS, assuming the role) does not accept
+    "ExpiredToken",
+    "InvalidClientTokenId",
+    "SignatureDoesNotMatch",
+    "IncompleteSignature",
+    "MissingAuthenticationToken",
+    "MissingAuthenticationTokenException",
 }
+
+#: botocore errors meaning "we have no usable credentials": no credentials at
+#: all, half of them, or a provider (instance or container role, SSO, a
+#: credential process, a profile) that failed to produce them. The worker has
+#: lost the identity, which is a revocation as far as a cached value goes.
+_CREDENTIAL_ERRORS = (
+    "NoCredentialsError",
+    "PartialCredentialsError",
+    "CredentialRetrievalError",
+    "NoAuthTokenError",
+    "TokenRetrievalError",
+    "SSOError",  # SSOTokenLoadError, UnauthorizedSSOTokenError
+    "MetadataRetrievalError",
+    "RefreshWithMFAUnsupportedError",
+    "UnknownCredentialError",
+    "ProfileNotFound",
+    "ConfigNotFound",
+    "InvalidConfigError",  # InfiniteLoopConfigError: a profile chain that loops
+)
+
+#: botocore errors from our own request or settings: trying again cannot help
+_REQUEST_ERRORS = ("NoRegionError", "ParamValidationError", "UnknownSignatureVersionError")
+
+
+def _botocore_classes(names: tuple[str, ...]) -> tuple[type[BaseException], ...]:
+    import botocore.exceptions
+
+    return tuple(c for c in (getattr(botocore.exceptions, n, None) for n in names) if isinstance(c, type))
 _TRANSIENT = {
     "ThrottlingException",
     "Throttling",
@@ -64,8 +99,10 @@ def fetch_secret(clients: RegionalClients, ref: SecretReference) -> SecretPayloa
     """Make one ``GetSecretValue`` call for ``ref``.
 
     :raises SecretNotFoundError: the secret or version does not exist (or is deleted)
-    :raises SecretAccessDeniedError: not allowed, or not decryptable
-    :raises SecretTransientError: throttling, 5xx, timeout or connection failure after retries
+    :raises SecretAccessDeniedError: not allowed, not decryptable, or no usable credentials
+    :raises SecretTransientError: throttling, 5xx, timeout or connection failure after retries,
+        or a success answer that holds no secret
+    :raises SecretFetchError: anything else (a request botocore refuses to send)
     """
     from botocore.exceptions import BotoCoreError, ClientError
 
@@ -91,8 +128,25 @@ def fetch_secret(clients: RegionalClients, ref: SecretReference) -> SecretPayloa
             raise SecretTransientError(message, reference=ref.text) from None
         raise SecretFetchError(message, reference=ref.text) from None
     except BotoCoreError as exc:
+        message = f"{where}: {type(exc).__name__}: {exc}"
+        if isinstance(exc, _botocore_classes(_CREDENTIAL_ERRORS)):
+            raise SecretAccessDeniedError(f"{message} (no usable AWS credentials)", reference=ref.text) from None
+        if isinstance(exc, _botocore_classes(_REQUEST_ERRORS)):
+            raise SecretFetchError(message, reference=ref.text) from None
         # Connection errors, timeouts and the like: the request may succeed later.
-        raise SecretTransientError(f"{where}: {type(exc).__name__}: {exc}", reference=ref.text) from None
+        raise SecretTransientError(message, reference=ref.text) from None
+    if response.get("SecretString") is None and response.get("SecretBinary") is None:
+        # A 200 that is not Secrets Manager's answer: botocore parses, say, a
+        # proxy's HTML login page to an empty response. It says nothing about
+        # the secret (unlike a not-found or a deny), and whatever is in the way
+        # may step aside, so it is transient: never a value, never cached, and
+        # a value fetched earlier may be served within its stale window.
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode", "?")
+        raise SecretTransientError(
+            f"{where}: HTTP {status} answer without SecretString or SecretBinary "
+            "(not a Secrets Manager response: a proxy or a wrong endpoint_url?)",
+            reference=ref.text,
+        )
     return SecretPayload(
         arn=response.get("ARN", ref.secret_id),
         version_id=response.get("VersionId", ""),

@@ -46,7 +46,10 @@ class SharedTier(Protocol):
     def get_or_fetch(
         self, key: tuple[str, ...], fetch: Callable[[], SecretPayload], *, ttl: float, stale_if_error: float
     ) -> tuple[SecretPayload, str, float]:
-        """Return the payload, its source (``aws``, ``worker cache``...) and its remaining lifetime in seconds."""
+        """Return the payload, its source (``aws``, ``worker cache``...) and its age: seconds since it was fetched.
+
+        ``ttl`` and ``stale_if_error`` are the caller's own, applied to the fetch time.
+        """
         ...
 
 
@@ -92,29 +95,30 @@ class SecretResolver:
         """The secret's payload for ``ref`` and where it came from."""
         key = self.cache_key(ref)
         fetched_from = ["aws"]
-        # An entry read from the worker tier keeps that entry's expiry, so a
-        # value is never served past cache_ttl_seconds from its fetch.
-        lifetime = [self.cache_ttl_seconds]
+        # A value read from the worker tier keeps its fetch time in this tier
+        # too, so it is never served past cache_ttl_seconds from its fetch.
+        age = [0.0]
 
         def load() -> SecretPayload:
             if self.shared is not None:
-                payload, source, remaining = self.shared.get_or_fetch(
+                payload, source, fetched_ago = self.shared.get_or_fetch(
                     key,
                     lambda: fetch_secret(self.clients, ref),
                     ttl=self.cache_ttl_seconds,
                     stale_if_error=self.stale_if_error_seconds,
                 )
                 fetched_from[0] = source
-                lifetime[0] = max(0.0, min(remaining, self.cache_ttl_seconds))
+                age[0] = fetched_ago
                 return payload
             return fetch_secret(self.clients, ref)
 
         result = self.cache.get_or_load(
             key,
             load,
-            ttl=lambda: lifetime[0],
+            ttl=self.cache_ttl_seconds,
             stale_if_error=self.stale_if_error_seconds,
             is_transient=_is_transient,
+            age=lambda: age[0],
         )
         if result.source == "hit":
             return result.value, "process cache"
@@ -132,7 +136,7 @@ class SecretResolver:
     def resolve_cached(self, ref: SecretReference) -> ResolvedSecret | None:
         """The value of ``ref`` if the in-process tier holds it fresh, else ``None``; never waits."""
         started = time.perf_counter()
-        payload = self.cache.peek(self.cache_key(ref))
+        payload = self.cache.peek(self.cache_key(ref), self.cache_ttl_seconds)
         if payload is None:
             return None
         return ResolvedSecret(extract_value(ref, payload), "process cache", time.perf_counter() - started)
@@ -156,17 +160,22 @@ class CacheSettings:
     :param stale_if_error_seconds: how long past expiry a value may be served on transient failures
     :param shared_cache: whether to use the per-worker tier
     :param shared_cache_dir: its directory; ``None``: the default on ``/dev/shm``
+    :param shared_cache_max_entries: most entries in that directory; the oldest fetched are evicted first
     """
 
     cache_ttl_seconds: float = DEFAULT_CACHE_TTL_SECONDS
     stale_if_error_seconds: float = DEFAULT_STALE_IF_ERROR_SECONDS
     shared_cache: bool = True
     shared_cache_dir: str | None = None
+    shared_cache_max_entries: int = 1000
 
     def __post_init__(self) -> None:
         ttl, stale = float(self.cache_ttl_seconds), float(self.stale_if_error_seconds)
         if ttl < 0 or stale < 0:
             raise ValueError("cache_ttl_seconds and stale_if_error_seconds must not be negative")
+        max_entries = self.shared_cache_max_entries
+        if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 1:
+            raise ValueError(f"shared_cache_max_entries must be a whole number of at least 1, got {max_entries!r}")
         object.__setattr__(self, "cache_ttl_seconds", ttl)
         object.__setattr__(self, "stale_if_error_seconds", stale)
         object.__setattr__(self, "shared_cache", bool(self.shared_cache))
@@ -179,7 +188,11 @@ class CacheSettings:
             clients,
             cache_ttl_seconds=self.cache_ttl_seconds,
             stale_if_error_seconds=self.stale_if_error_seconds,
-            shared=open_worker_cache(self.shared_cache_dir, enabled=self.shared_cache and self.cache_ttl_seconds > 0),
+            shared=open_worker_cache(
+                self.shared_cache_dir,
+                enabled=self.shared_cache and self.cache_ttl_seconds > 0,
+                max_entries=self.shared_cache_max_entries,
+            ),
         )
 
 

@@ -11,8 +11,14 @@ Kubernetes secret volumes and Vault Agent sinks do.
   (:mod:`airflow_sm_refs._private_dir`).
 - One file per entry, mode ``0600``, written to a temporary file in the same
   directory and renamed into place, opened without following symlinks.
-- One lock file per entry (``flock``): processes that miss the same secret at
-  once make one AWS call; the others wait, then read what it wrote.
+- A fixed set of lock files (``flock``), one stripe per entry chosen by hash:
+  processes that miss the same secret at once make one AWS call; the others
+  wait, then read what it wrote. A process holds one stripe at a time.
+- Bounded: a failure leaves no file holding a value; every write deletes the
+  entries past the writer's TTL plus stale window, then the oldest beyond
+  ``max_entries``, and temporary files of writers that died.
+- Each reader judges an entry by its own TTL and stale window, from the time
+  the value was fetched.
 - An entry carries its key, its length and a SHA-256 of its body, so a
   corrupt, truncated or misplaced file is a miss, never a value
   (:mod:`airflow_sm_refs._worker_entry` describes the format).
@@ -20,6 +26,10 @@ Kubernetes secret volumes and Vault Agent sinks do.
 Like the in-process tier, this one knows nothing of AWS: it stores what
 ``fetch`` returns and decides when that has expired. The clock is wall time
 (entries are shared across processes) and a parameter, for tests.
+
+Fork-safe: a forked child closes its copies of the lock files other threads
+held at the fork (a copy would keep the lock held for as long as the child
+lives) and gets a new lock for the table of opened caches.
 """
 
 from __future__ import annotations
@@ -48,7 +58,7 @@ from airflow_sm_refs._worker_entry import (
     _entry_name,
     _Failure,
 )
-from airflow_sm_refs.cache import DEFAULT_JITTER, jittered_ttl
+from airflow_sm_refs.cache import DEFAULT_JITTER
 from airflow_sm_refs.fetch import SecretPayload
 
 __all__ = [
@@ -67,13 +77,21 @@ RAM_FS = "/dev/shm"
 #: how long a process waits for another one's fetch before fetching itself
 DEFAULT_LOCK_TIMEOUT_SECONDS = 120.0
 
+#: most entries kept in a directory; the oldest fetched go first
+DEFAULT_MAX_ENTRIES = 1000
+
+#: how many lock files a directory has; entries share them by hash
+LOCK_STRIPES = 64
+
 #: while AWS fails transiently, one attempt per entry per this many seconds;
 #: in between, every process serves the stale value without calling
 DEFAULT_STALE_RETRY_SECONDS = 5.0
 
 _ENTRY_FILE = re.compile(r"[0-9a-f]{64}\.entry")
-_LOCK_FILE = re.compile(r"[0-9a-f]{64}\.lock")
-_TEMP_FILE = re.compile(r"\.[0-9a-f]{64}\.\d+\.[0-9a-f]+\.tmp")
+_STRIPE_FILE = re.compile(r"stripe-\d{2}\.lock")
+#: one lock file per entry, as versions before the stripes made them
+_LEGACY_LOCK_FILE = re.compile(r"[0-9a-f]{64}\.lock")
+_TEMP_FILE = re.compile(r"\.[0-9a-f]{64}\.(\d+)\.[0-9a-f]+\.tmp")
 
 _FILE_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -83,6 +101,17 @@ def default_worker_cache_dir() -> str | None:
     if not os.path.isdir(RAM_FS):
         return None
     return os.path.join(RAM_FS, f"airflow-sm-refs-{os.geteuid()}")
+
+
+def _lock_name(name: str) -> str:
+    """The lock stripe of the entry named ``name`` (a SHA-256 in hex)."""
+    return f"stripe-{int(name[:8], 16) % LOCK_STRIPES:02d}.lock"
+
+
+# Lock files held by this process, and by which thread: a forked child closes
+# the ones of threads it does not have.
+_HELD: dict[int, int] = {}
+_HELD_LOCK = threading.Lock()
 
 
 def _describe(key: tuple[str, ...]) -> str:
@@ -101,6 +130,7 @@ class WorkerCache:
     :param rand: source of randomness for the jitter
     :param lock_timeout: seconds to wait for another process's fetch before fetching anyway
     :param stale_retry_seconds: while serving a stale value, seconds between attempts to refresh it
+    :param max_entries: most entries kept; each write evicts the oldest fetched beyond it
     :raises PermissionError: the directory is a symlink, someone else's, or open to group or others
     :raises OSError: the directory cannot be created or opened
     """
@@ -114,6 +144,7 @@ class WorkerCache:
         rand: Callable[[], float] = random.random,
         lock_timeout: float = DEFAULT_LOCK_TIMEOUT_SECONDS,
         stale_retry_seconds: float = DEFAULT_STALE_RETRY_SECONDS,
+        max_entries: int = DEFAULT_MAX_ENTRIES,
     ) -> None:
         self.directory = os.path.abspath(directory)
         self.timer = timer
@@ -121,6 +152,7 @@ class WorkerCache:
         self.rand = rand
         self.lock_timeout = lock_timeout
         self.stale_retry_seconds = stale_retry_seconds
+        self.max_entries = max(1, int(max_entries))
         self._dir_fd: int | None = _open_private_dir(self.directory, create=True)
         self._euid = os.geteuid()
         self._write_warned = False
@@ -149,38 +181,39 @@ class WorkerCache:
         ttl: float,
         stale_if_error: float,
     ) -> tuple[SecretPayload, str, float]:
-        """Return the payload for ``key``, its source and its remaining lifetime in seconds.
+        """Return the payload for ``key``, its source and its age (seconds since it was fetched).
 
-        The source is ``"aws"`` when this call fetched, ``"worker cache"`` for
-        a fresh entry, ``"worker cache (stale)"`` for an expired value served
-        because AWS failed for a transient reason (lifetime ``0``, so no other
-        tier keeps it). A permanent failure drops the value and is raised.
+        The source is ``"aws"`` when this call fetched (age ``0``), ``"worker
+        cache"`` for an entry fresh by *this caller's* ``ttl``, ``"worker
+        cache (stale)"`` for an expired value served because AWS failed for a
+        transient reason. A permanent failure drops the value and is raised.
 
         :param key: (identity digest, region, secret id, version)
         :param fetch: one AWS call; raises :class:`SecretFetchError` subclasses
-        :param ttl: seconds a fetched value stays fresh (up to ``jitter`` less); 0 bypasses the tier
+        :param ttl: seconds after its fetch a value is fresh for this caller (up to ``jitter`` less);
+            0 bypasses the tier
         :param stale_if_error: seconds past expiry an entry may be served when the fetch fails transiently
         """
         if ttl <= 0 or self._dir_fd is None:
-            return fetch(), "aws", max(ttl, 0.0)
+            return fetch(), "aws", 0.0
         name = _entry_name(key)
         seen = self._read(name, key)
         now = self.timer()
-        if seen is not None and seen.is_fresh(now):
+        if seen is not None and seen.is_fresh(now, ttl, self.jitter):
             assert seen.payload is not None
-            return seen.payload, "worker cache", seen.expires_at - now
+            return seen.payload, "worker cache", now - seen.fetched_at
         with self._locked(name, key):
             current = self._read(name, key)
             now = self.timer()
-            if current is not None and current.is_fresh(now):
+            if current is not None and current.is_fresh(now, ttl, self.jitter):
                 assert current.payload is not None
-                return current.payload, "worker cache", current.expires_at - now
+                return current.payload, "worker cache", now - current.fetched_at
             if current is not None and current.failure is not None:
                 tried_meanwhile = seen is None or seen.attempt != current.attempt
-                backing_off = now < current.retry_at and current.can_serve_stale(now, stale_if_error)
+                backing_off = now < current.retry_at and current.can_serve_stale(now, ttl, stale_if_error, self.jitter)
                 if tried_meanwhile or backing_off:
                     # Another process has just tried: its outcome is ours, without another call.
-                    return self._after_failure(current, current.failure, now, stale_if_error)
+                    return self._after_failure(current, current.failure, now, ttl, stale_if_error)
             return self._fetch(name, key, fetch, current, ttl, stale_if_error)
 
     def _fetch(
@@ -197,45 +230,55 @@ class WorkerCache:
         except SecretFetchError as exc:
             now = self.timer()
             failure = _Failure.of(exc)
-            if failure.transient and current is not None and current.can_serve_stale(now, stale_if_error):
+            if failure.transient and current is not None and current.can_serve_stale(now, ttl, stale_if_error, self.jitter):
                 marked = replace(
                     current, attempt=_new_attempt(), retry_at=now + self.stale_retry_seconds, failure=failure
                 )
-                self._write(name, marked)
-                return self._after_failure(marked, failure, now, stale_if_error)
-            # The value (if any) is dropped; the error stays for the processes
-            # waiting on this attempt.
-            self._write(name, _Entry(key, _new_attempt(), None, failure=failure))
+                self._write(name, marked, ttl + stale_if_error)
+                return self._after_failure(marked, failure, now, ttl, stale_if_error)
+            # The value (if any) is dropped; the error (which holds no value)
+            # stays for the processes waiting on this attempt.
+            record = _Entry(key, _new_attempt(), None, fetched_at=now, failure=failure)
+            if not self._write(name, record, ttl + stale_if_error) and current is not None:
+                # Could not replace it (a full /dev/shm): the value must go all the same.
+                self._unlink(name + ".entry")
             raise
-        lifetime = jittered_ttl(ttl, self.jitter, self.rand)
-        self._write(name, _Entry(key, _new_attempt(), payload, expires_at=self.timer() + lifetime))
-        return payload, "aws", lifetime
+        entry = _Entry(key, _new_attempt(), payload, fetched_at=self.timer(), draw=self.rand())
+        self._write(name, entry, ttl + stale_if_error)
+        return payload, "aws", 0.0
 
     def _after_failure(
-        self, entry: _Entry, failure: _Failure, now: float, stale_if_error: float
+        self, entry: _Entry, failure: _Failure, now: float, ttl: float, stale_if_error: float
     ) -> tuple[SecretPayload, str, float]:
-        if not (failure.transient and entry.can_serve_stale(now, stale_if_error)):
+        if not (failure.transient and entry.can_serve_stale(now, ttl, stale_if_error, self.jitter)):
             raise failure.error()
         assert entry.payload is not None
         log.warning(
             "Serving the expired value of %s from the worker cache for up to %.0f s more: AWS failed: %s",
             _describe(entry.key),
-            entry.expires_at + stale_if_error - now,
+            entry.expires_at(ttl, self.jitter) + stale_if_error - now,
             failure.detail,
         )
-        return entry.payload, "worker cache (stale)", 0.0
+        return entry.payload, "worker cache (stale)", now - entry.fetched_at
 
     # --- inspection ---------------------------------------------------------
-    def peek(self, key: tuple[str, ...]) -> tuple[SecretPayload, float] | None:
-        """The payload held for ``key`` and when it expires (wall clock), fresh or not; no AWS call."""
+    def peek(self, key: tuple[str, ...], ttl: float = 0.0) -> tuple[SecretPayload, float] | None:
+        """The payload held for ``key`` and when it expires for a reader with ``ttl`` (wall clock), fresh or not.
+
+        No AWS call. With ``ttl`` 0, the time is when the value was fetched.
+        """
         entry = self._read(_entry_name(key), key)
         if entry is None or entry.payload is None:
             return None
-        return entry.payload, entry.expires_at
+        return entry.payload, entry.expires_at(ttl, self.jitter)
 
     def entry_path(self, key: tuple[str, ...]) -> str:
         """The file that holds ``key``'s entry."""
         return os.path.join(self.directory, _entry_name(key) + ".entry")
+
+    def lock_path(self, key: tuple[str, ...]) -> str:
+        """The lock file (stripe) that ``key``'s fetches take, shared with other entries."""
+        return os.path.join(self.directory, _lock_name(_entry_name(key)))
 
     # --- files --------------------------------------------------------------
     def _read(self, name: str, key: tuple[str, ...]) -> _Entry | None:
@@ -274,47 +317,109 @@ class WorkerCache:
             log.debug("Worker cache entry for %s is corrupt or incomplete; treating it as a miss", _describe(key))
         return entry
 
-    def _write(self, name: str, entry: _Entry) -> None:
+    def _unlink(self, file: str) -> None:
+        if self._dir_fd is not None:
+            try:
+                os.unlink(file, dir_fd=self._dir_fd)
+            except OSError:
+                pass
+
+    def _write(self, name: str, entry: _Entry, max_age: float) -> bool:
+        """Write ``entry`` atomically, then sweep entries older than ``max_age`` and beyond the cap.
+
+        :return: whether the entry was written
+        """
         dir_fd = self._dir_fd
         if dir_fd is None:
-            return
+            return False
         data = _encode(entry)
         temp = f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        written = False
         try:
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _FILE_FLAGS, 0o600, dir_fd=dir_fd)
             try:
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view) :]
+                # The sweep reads ages from stat: mtime is when the value was fetched.
+                os.utime(fd, (entry.fetched_at, entry.fetched_at))
             finally:
                 os.close(fd)
             os.replace(temp, name + ".entry", src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            written = True
         except OSError as exc:
             # A full /dev/shm or a removed directory must not fail the task:
             # the value is still returned, other processes fetch their own.
+            self._log_write_failure(entry, exc)
+        finally:
+            if not written:  # also on KeyboardInterrupt and the like: no stray copy of a value
+                try:
+                    os.unlink(temp, dir_fd=dir_fd)
+                except OSError:
+                    pass
+        self._sweep(dir_fd, name, max_age)
+        return written
+
+    def _log_write_failure(self, entry: _Entry, exc: OSError) -> None:
+        level = logging.DEBUG if self._write_warned else logging.WARNING
+        self._write_warned = True
+        log.log(level, "Could not write the worker cache entry for %s in %s: %s", _describe(entry.key), self.directory, exc)
+
+    def _sweep(self, dir_fd: int, keep: str, max_age: float) -> None:
+        """Delete entries older than ``max_age``, then the oldest beyond ``max_entries``, and dead writers' temp files.
+
+        Ages come from each file's mtime (its value's fetch time), so this
+        reads no entry. ``keep`` (the entry just written) stays.
+        """
+        now = self.timer()
+        kept: list[tuple[float, str]] = []
+        doomed: list[str] = []
+        try:
+            with os.scandir(dir_fd) as listing:
+                oldest, newest, keep_file = now - max_age, now + max_age, keep + ".entry"
+                for item in listing:
+                    file = item.name
+                    if file.endswith(".entry"):
+                        if file == keep_file or not _ENTRY_FILE.fullmatch(file):
+                            continue
+                        try:
+                            fetched_at = item.stat(follow_symlinks=False).st_mtime
+                        except OSError:
+                            continue
+                        # Past every window the writer knows of, or from a clock that stepped back.
+                        if oldest < fetched_at <= newest:
+                            kept.append((fetched_at, file))
+                        else:
+                            doomed.append(file)
+                    elif file.endswith(".tmp"):
+                        match = _TEMP_FILE.fullmatch(file)
+                        if match and _writer_is_gone(int(match.group(1))):
+                            doomed.append(file)
+                    elif file.endswith(".lock") and _LEGACY_LOCK_FILE.fullmatch(file):
+                        doomed.append(file)
+        except OSError as exc:
+            log.debug("Cannot list the worker cache in %s to sweep it: %s", self.directory, exc)
+            return
+        excess = len(kept) + 1 - self.max_entries
+        if excess > 0:
+            kept.sort()
+            doomed += [file for _, file in kept[:excess]]
+        for file in doomed:
             try:
-                os.unlink(temp, dir_fd=dir_fd)
+                os.unlink(file, dir_fd=dir_fd)
             except OSError:
                 pass
-            level = logging.DEBUG if self._write_warned else logging.WARNING
-            self._write_warned = True
-            log.log(
-                level,
-                "Could not write the worker cache entry for %s in %s: %s",
-                _describe(entry.key),
-                self.directory,
-                exc,
-            )
 
     @contextmanager
     def _locked(self, name: str, key: tuple[str, ...]) -> Iterator[None]:
-        """Hold the entry's lock; after ``lock_timeout`` (or if locking fails), go on without it."""
+        """Hold the entry's lock stripe; after ``lock_timeout`` (or if locking fails), go on without it."""
         deadline = time.monotonic() + self.lock_timeout
         dir_fd = self._dir_fd
+        lock_file = _lock_name(name)
         fd = None
         try:
             while fd is None and dir_fd is not None:
-                fd = os.open(name + ".lock", os.O_RDWR | os.O_CREAT | _FILE_FLAGS, 0o600, dir_fd=dir_fd)
+                fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | _FILE_FLAGS, 0o600, dir_fd=dir_fd)
                 if not _lock_until(fd, deadline):
                     log.warning(
                         "Waited %.0f s for another process's fetch of %s; fetching without waiting longer",
@@ -324,7 +429,7 @@ class WorkerCache:
                     break
                 # A lock file removed while we waited (cache clear) locks nothing: take the one in place.
                 try:
-                    in_place = os.stat(name + ".lock", dir_fd=dir_fd, follow_symlinks=False)
+                    in_place = os.stat(lock_file, dir_fd=dir_fd, follow_symlinks=False)
                 except FileNotFoundError:
                     in_place = None
                 held = os.fstat(fd)
@@ -333,10 +438,15 @@ class WorkerCache:
                     fd = None
         except OSError as exc:
             log.debug("Cannot lock the worker cache entry for %s (%s); fetching without the lock", _describe(key), exc)
+        if fd is not None:
+            with _HELD_LOCK:
+                _HELD[fd] = threading.get_ident()
         try:
             yield
         finally:
             if fd is not None:
+                with _HELD_LOCK:
+                    _HELD.pop(fd, None)
                 os.close(fd)  # releases the flock
 
 
@@ -359,12 +469,27 @@ def _new_attempt() -> str:
     return secrets.token_hex(8)
 
 
+def _writer_is_gone(pid: int) -> bool:
+    """Whether the process that made a temporary file has exited (so the file is litter)."""
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
 # --- one instance per directory per process ---------------------------------
-_OPENED: dict[tuple[int, str], WorkerCache | None] = {}
+_OPENED: dict[tuple[int, str, int], WorkerCache | None] = {}
 _OPENED_LOCK = threading.Lock()
 
 
-def open_worker_cache(directory: str | None, *, enabled: bool = True) -> WorkerCache | None:
+def open_worker_cache(
+    directory: str | None, *, enabled: bool = True, max_entries: int = DEFAULT_MAX_ENTRIES
+) -> WorkerCache | None:
     """The worker cache in ``directory`` (default :func:`default_worker_cache_dir`), or ``None`` when off.
 
     The directory is created ``0700`` if missing and checked; a refused one is
@@ -374,7 +499,7 @@ def open_worker_cache(directory: str | None, *, enabled: bool = True) -> WorkerC
     if not enabled:
         return None
     path = directory or default_worker_cache_dir()
-    memo_key = (os.getpid(), os.path.abspath(path) if path else "")
+    memo_key = (os.getpid(), os.path.abspath(path) if path else "", max_entries)
     with _OPENED_LOCK:
         if memo_key in _OPENED:
             return _OPENED[memo_key]
@@ -386,7 +511,7 @@ def open_worker_cache(directory: str | None, *, enabled: bool = True) -> WorkerC
             )
         else:
             try:
-                cache = WorkerCache(path)
+                cache = WorkerCache(path, max_entries=max_entries)
             except OSError as exc:
                 log.warning(
                     "Not using %s for the per-worker secrets cache: %s. Secrets are cached per process only.",
@@ -395,6 +520,26 @@ def open_worker_cache(directory: str | None, *, enabled: bool = True) -> WorkerC
                 )
         _OPENED[memo_key] = cache
         return cache
+
+
+def _reset_after_fork() -> None:
+    global _OPENED_LOCK, _HELD_LOCK
+    _OPENED_LOCK = threading.Lock()
+    _HELD_LOCK = threading.Lock()
+    me = threading.get_ident()
+    # A copy of a lock file another thread held keeps its flock held for as
+    # long as this child lives: every other process would wait on it.
+    for fd, holder in list(_HELD.items()):
+        if holder != me:
+            _HELD.pop(fd, None)
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 def reset_worker_caches() -> None:
@@ -426,7 +571,8 @@ def clear_worker_cache(directory: str | None = None) -> int:
     try:
         for name in os.listdir(fd):
             is_entry = _ENTRY_FILE.fullmatch(name) is not None
-            if not (is_entry or _LOCK_FILE.fullmatch(name) or _TEMP_FILE.fullmatch(name)):
+            ours = _STRIPE_FILE.fullmatch(name) or _LEGACY_LOCK_FILE.fullmatch(name) or _TEMP_FILE.fullmatch(name)
+            if not (is_entry or ours):
                 continue  # not ours: leave it
             try:
                 os.unlink(name, dir_fd=fd)

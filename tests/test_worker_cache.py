@@ -133,14 +133,14 @@ class TestWorkerCache:
         self, cache: WorkerCache, cache_dir: Path, clock: FakeClock
     ) -> None:
         fetch = Fetcher(payload(OLD), payload(NEW))
-        assert get(cache, fetch) == (payload(OLD), "aws", 300)
+        assert get(cache, fetch) == (payload(OLD), "aws", 0)  # (payload, source, age)
         # Another task process: its own instance, the same directory.
         other = WorkerCache(str(cache_dir), timer=clock, rand=lambda: 0.0)
         clock.advance(299)
-        assert get(other, fetch) == (payload(OLD), "worker cache", pytest.approx(1))
+        assert get(other, fetch) == (payload(OLD), "worker cache", pytest.approx(299))
         assert fetch.calls == 1
         clock.advance(1)
-        assert get(other, fetch) == (payload(NEW), "aws", 300)
+        assert get(other, fetch) == (payload(NEW), "aws", 0)
         assert get(cache, fetch)[:2] == (payload(NEW), "worker cache")
         assert fetch.calls == 2
         other.close()
@@ -148,7 +148,7 @@ class TestWorkerCache:
     def test_ttl_is_only_ever_shortened_by_jitter(self, cache_dir: Path, clock: FakeClock) -> None:
         cache = WorkerCache(str(cache_dir), timer=clock, jitter=0.1, rand=lambda: 1.0)
         fetch = Fetcher(payload())
-        assert get(cache, fetch)[2] == pytest.approx(270)
+        assert get(cache, fetch)[1] == "aws"
         clock.advance(269.9)
         assert get(cache, fetch)[1] == "worker cache"
         clock.advance(0.1)
@@ -158,7 +158,7 @@ class TestWorkerCache:
         value = payload(string=None, binary=bytes(range(256)))
         get(cache, Fetcher(value))
         other = WorkerCache(str(cache_dir), timer=clock, rand=lambda: 0.0)
-        assert get(other, Fetcher(not_found())) == (value, "worker cache", 300)
+        assert get(other, Fetcher(not_found())) == (value, "worker cache", 0)
 
     def test_files_are_private_whatever_the_umask(self, cache_dir: Path, clock: FakeClock) -> None:
         previous = os.umask(0)
@@ -181,7 +181,7 @@ class TestWorkerCache:
         clock.advance(300 + 100)  # expired; 100 s into a 300 s stale window
         fetch = Fetcher(throttled())
         with caplog.at_level(logging.WARNING, logger="airflow_sm_refs"):
-            assert get(cache, fetch) == (payload(OLD), "worker cache (stale)", 0.0)
+            assert get(cache, fetch) == (payload(OLD), "worker cache (stale)", 400)
         assert fetch.calls == 1
         warning = caplog.records[-1]
         assert warning.levelno == logging.WARNING
@@ -205,7 +205,7 @@ class TestWorkerCache:
         assert fetch.calls == 1  # within the retry interval: no call, from any process
         clock.advance(1)
         recovered = Fetcher(payload(NEW))
-        assert get(other, recovered) == (payload(NEW), "aws", 300)
+        assert get(other, recovered) == (payload(NEW), "aws", 0)
         assert get(cache, recovered)[:2] == (payload(NEW), "worker cache")
         other.close()
 
@@ -271,7 +271,7 @@ class TestWorkerCache:
         self, cache_dir: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
     ) -> None:
         cache = WorkerCache(str(cache_dir), timer=clock, lock_timeout=0.2)
-        lock = Path(cache.entry_path(KEY)).with_suffix(".lock")
+        lock = Path(cache.lock_path(KEY))
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
@@ -305,7 +305,7 @@ class TestWorkerCache:
         assert broken != data
         path.write_bytes(broken)
         fetch = Fetcher(payload(NEW))
-        assert get(cache, fetch) == (payload(NEW), "aws", 300)
+        assert get(cache, fetch) == (payload(NEW), "aws", 0)
         assert fetch.calls == 1
         assert get(cache, fetch)[:2] == (payload(NEW), "worker cache")  # rewritten whole
 
@@ -316,7 +316,7 @@ class TestWorkerCache:
     def test_entry_format_round_trips_and_any_cut_or_changed_byte_is_a_miss(
         self, value: SecretPayload, data: st.DataObject
     ) -> None:
-        entry = worker_cache._Entry(KEY, "attempt-1", value, expires_at=1.5e9)
+        entry = worker_cache._Entry(KEY, "attempt-1", value, fetched_at=1.5e9, draw=0.25)
         encoded = worker_cache._encode(entry)
         assert worker_cache._decode(encoded, KEY) == entry
         assert worker_cache._decode(encoded, ("identity-b", *KEY[1:])) is None
@@ -358,7 +358,7 @@ class TestWorkerCache:
         before = sorted(os.listdir(tmp_path))
         cache.close()
         fetch = Fetcher(payload())
-        assert get(cache, fetch) == (payload(), "aws", 300)
+        assert get(cache, fetch) == (payload(), "aws", 0)
         assert get(cache, fetch)[1] == "aws"
         assert sorted(os.listdir(tmp_path)) == before
 
@@ -533,7 +533,7 @@ def entry_expiry(env: dict[str, str | None]) -> float:
     kwargs = json.loads(env["AIRFLOW__SECRETS__BACKEND_KWARGS"] or "{}")
     resolver = SecretsManagerRefsBackend(**kwargs).resolver
     assert resolver.shared is not None
-    held = resolver.shared.peek(resolver.cache_key(parse_reference(REFERENCE)))
+    held = resolver.shared.peek(resolver.cache_key(parse_reference(REFERENCE)), resolver.cache_ttl_seconds)
     assert held is not None, "no entry"
     return held[1]
 
