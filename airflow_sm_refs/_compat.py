@@ -45,9 +45,11 @@ __all__ = [
     "last_resort_connection",
     "last_resort_variable",
     "mask_secret",
+    "min_masked_length",
     "not_found_errors",
     "process_role",
     "redact",
+    "reset_secrets_masker",
     "secrets_masker",
 ]
 
@@ -251,6 +253,26 @@ def _masker_module() -> Any:
 def secrets_masker() -> Any:
     """This process's secrets masker (a new one after Airflow resets it between tasks)."""
     return _masker_module()._secrets_masker()
+
+
+def reset_secrets_masker() -> None:
+    """Forget every registered value, as Airflow does before each task (3.x ``reset_secrets_masker``)."""
+    reset = getattr(_masker_module(), "reset_secrets_masker", None)
+    if reset is not None:
+        reset()
+        return
+    masker = secrets_masker()  # 2.x has no reset: do what 3.x's ``reset_masker`` does
+    masker.patterns = set()
+    masker.replacer = None
+
+
+def min_masked_length() -> int:
+    """The shortest value this line's masker masks (3.x skips shorter ones; 2.x masks any)."""
+    length = getattr(secrets_masker(), "min_length_to_mask", None)  # 3.1+
+    if isinstance(length, int):
+        return length
+    getter = getattr(_masker_module(), "get_min_secret_length", None)  # 3.0
+    return int(getter()) if getter is not None else 0
 
 
 def _in_event_loop() -> bool:

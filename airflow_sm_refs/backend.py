@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,7 +23,13 @@ from airflow_sm_refs._compat import (
     later_backends,
     process_role,
 )
-from airflow_sm_refs._exceptions import SecretFetchError, SecretLookupAborted, SecretReferenceError
+from airflow_sm_refs._exceptions import (
+    ReferenceNotAllowedError,
+    SecretFetchError,
+    SecretLookupAborted,
+    SecretReferenceError,
+)
+from airflow_sm_refs._options import parse_bool, parse_dict, parse_number, parse_str, parse_verify
 
 if TYPE_CHECKING:
     from airflow_sm_refs.expand import Expansion
@@ -61,6 +68,83 @@ def _guard(key: str) -> Iterator[bool]:
 
 
 _FAIL_CLOSED_ROLES = frozenset({ProcessRole.TASK, ProcessRole.TRIGGER, ProcessRole.OTHER})
+# A reference met while a DAG file is parsed must not be swallowed either: the
+# next backend would hand the raw token to the file. Its error becomes the
+# file's import error (the 3.x parser catches BaseException around the import).
+_PARSE_TIME_FAIL_CLOSED_ROLES = _FAIL_CLOSED_ROLES | {ProcessRole.PARSER}
+
+#: what the backend does in this process with a value that holds references
+_RESOLVE, _STEP_ASIDE, _REFUSE = "resolve", "step aside", "refuse"
+
+_DICT_OPTIONS = frozenset({"assume_role_kwargs", "config_kwargs", "service_config"})
+
+
+def parse_aws_option(name: str, value: Any) -> Any:
+    """One AWS connection option, parsed strictly (a per-key override arrives as a string)."""
+    if name in _DICT_OPTIONS:
+        return parse_dict(value, name)
+    if name == "verify":
+        return parse_verify(value, name)
+    return parse_str(value, name)
+
+
+def raw_from_chain(method: str, key: str, team_name: str | None = None, backends: list[Any] | None = None) -> Any:
+    """The raw connection or variable ``key`` from the secrets chain, skipping this package's backend.
+
+    Asks every backend of the chain that is not a :class:`SecretsManagerRefsBackend`
+    in turn, then the chain's last resort (the supervisor, on 3.0 and 3.1.0).
+    An error of ours from a backend stops the search; any other is logged and
+    the next backend asked, as Airflow does.
+
+    :param method: ``get_connection`` or ``get_variable``
+    :param backends: the backends to ask; ``None``: the current chain, less this package's backends
+    """
+    if backends is None:
+        backends = [b for b in later_backends() if not isinstance(b, SecretsManagerRefsBackend)]
+    for backend in backends:
+        try:
+            found = call_backend(backend, method, key, team_name)
+        except SecretReferenceError:
+            raise
+        except Exception:
+            log.debug("%s.%s(%r) failed; trying the next backend", type(backend).__name__, method, key, exc_info=True)
+            continue
+        if found is not None:
+            return found
+    if method == "get_connection":
+        return last_resort_connection(key, backends)
+    return last_resort_variable(key, backends)
+
+
+def _json_holds_reference(text: str) -> bool:
+    """Whether ``text`` holds a reference, also inside JSON string values (behind escapes)."""
+    from airflow_sm_refs.expand import json_may_hold_references, map_json_strings
+    from airflow_sm_refs.reference import has_reference
+
+    if has_reference(text):
+        return True
+    if not json_may_hold_references(text):
+        return False
+    try:
+        document = json.loads(text)
+    except (ValueError, RecursionError):
+        return False
+    found: list[bool] = []
+    map_json_strings(document, "", lambda value, _path: found.append(has_reference(value)))
+    return any(found)
+
+
+def _holds_references(raw: Any, kind: str) -> bool:
+    """Whether a raw connection or variable value holds anything that claims to be a reference."""
+    from airflow_sm_refs.expand import CONNECTION_FIELDS
+    from airflow_sm_refs.reference import has_reference
+
+    if kind == "variable":
+        return isinstance(raw, str) and _json_holds_reference(raw)
+    if any(isinstance(v, str) and has_reference(v) for v in (getattr(raw, f, None) for f in CONNECTION_FIELDS)):
+        return True
+    extra = getattr(raw, "extra", None)
+    return isinstance(extra, str) and _json_holds_reference(extra)
 
 
 class SecretsManagerRefsBackend(BaseSecretsBackend):
@@ -105,6 +189,16 @@ class SecretsManagerRefsBackend(BaseSecretsBackend):
         for ARNs. ``None``: any secret the worker's AWS identity can read (set it).
     :param allowed_conn_ids: glob patterns of the connections whose references are expanded; a
         reference in any other connection is an error. ``None``: every connection.
+    :param allowed_variables: glob patterns of the Variables whose references are expanded; a
+        reference in any other Variable is an error. ``None``: every Variable.
+    :param resolve_at_parse_time: resolve while the DAG processor parses a DAG file. Default
+        ``False``: a connection or Variable holding references, read at the top level of a DAG
+        file, fails the file's import with an error naming it, and no AWS call is made.
+
+    Every option may be given as a string, as a per-key override
+    (``AIRFLOW__SECRETS__BACKEND_KWARG__<KEY>``) gives it: booleans as
+    ``true/false/1/0/yes/no``, lists as JSON arrays or comma-separated, numbers
+    and JSON objects as their text. Anything else is refused here, naming the option.
     """
 
     def __init__(
@@ -124,15 +218,18 @@ class SecretsManagerRefsBackend(BaseSecretsBackend):
         shared_cache_dir: str | None = None,
         allowed_secrets: list[str] | None = None,
         allowed_conn_ids: list[str] | None = None,
+        allowed_variables: list[str] | None = None,
+        resolve_at_parse_time: bool = False,
         **kwargs: Any,
     ) -> None:
         # No AWS, disk or heavy import work here: Airflow builds instances
-        # often, sometimes while it is still importing itself.
+        # often, sometimes while it is still importing itself. Options are
+        # parsed strictly, so a bad one fails here, naming it.
         super().__init__()
         unknown = set(kwargs) - set(AWS_CONNECTION_KWARGS)
         if unknown:
             raise TypeError(f"SecretsManagerRefsBackend got unknown backend_kwargs: {sorted(unknown)}")
-        self.aws_settings: dict[str, Any] = {
+        given = {
             "region_name": region_name,
             "endpoint_url": endpoint_url,
             "role_arn": role_arn,
@@ -143,13 +240,20 @@ class SecretsManagerRefsBackend(BaseSecretsBackend):
             "config_kwargs": config_kwargs,
             **kwargs,
         }
+        self.aws_settings: dict[str, Any] = {name: parse_aws_option(name, value) for name, value in given.items()}
         from airflow_sm_refs.resolver import CacheSettings
 
-        self.cache_settings = CacheSettings(cache_ttl_seconds, stale_if_error_seconds, shared_cache, shared_cache_dir)
-        self.resolve_on_server = bool(resolve_on_server)
+        self.cache_settings = CacheSettings(
+            parse_number(cache_ttl_seconds, "cache_ttl_seconds"),
+            parse_number(stale_if_error_seconds, "stale_if_error_seconds"),
+            parse_bool(shared_cache, "shared_cache"),
+            parse_str(shared_cache_dir, "shared_cache_dir"),
+        )
+        self.resolve_on_server = parse_bool(resolve_on_server, "resolve_on_server")
+        self.resolve_at_parse_time = parse_bool(resolve_at_parse_time, "resolve_at_parse_time")
         from airflow_sm_refs.policy import AccessPolicy
 
-        self.policy = AccessPolicy.from_options(allowed_secrets, allowed_conn_ids)
+        self.policy = AccessPolicy.from_options(allowed_secrets, allowed_conn_ids, allowed_variables)
 
     @cached_property
     def resolver(self) -> SecretResolver:
@@ -159,8 +263,17 @@ class SecretsManagerRefsBackend(BaseSecretsBackend):
         return self.cache_settings.resolver_for(clients_for_settings(self.aws_settings))
 
     # --- the chain -----------------------------------------------------------
+    def _mode(self) -> str:
+        """Resolve, step aside (servers, CLI) or refuse references (a DAG file being parsed)."""
+        role = process_role()
+        if role.resolves:
+            return _RESOLVE
+        if role is ProcessRole.PARSER:
+            return _RESOLVE if self.resolve_at_parse_time else _REFUSE
+        return _RESOLVE if self.resolve_on_server else _STEP_ASIDE
+
     def _steps_aside(self) -> bool:
-        return not self.resolve_on_server and not process_role().resolves
+        return self._mode() == _STEP_ASIDE
 
     def _later_backends(self) -> list[Any]:
         """The backends of the current chain, less any instance of this class."""
@@ -168,20 +281,23 @@ class SecretsManagerRefsBackend(BaseSecretsBackend):
 
     def _ask_chain(self, method: str, key: str, team_name: str | None) -> Any:
         """The raw value of ``key`` from the backends after this one, then the chain's last resort."""
-        backends = self._later_backends()
-        for backend in backends:
-            try:
-                found = call_backend(backend, method, key, team_name)
-            except SecretReferenceError:
-                raise
-            except Exception:
-                log.debug("%s.%s(%r) failed; trying the next backend", type(backend).__name__, method, key, exc_info=True)
-                continue
-            if found is not None:
-                return found
-        if method == "get_connection":
-            return last_resort_connection(key, backends)
-        return last_resort_variable(key, backends)
+        return raw_from_chain(method, key, team_name, self._later_backends())
+
+    def _refuse_at_parse_time(self, raw: Any, key: str, kind: str) -> Any:
+        """``raw`` as found, unless it holds references: then the DAG file's import fails, naming it.
+
+        No AWS call is made: resolving here would fetch on every parse and could
+        put plaintext into the serialized DAG.
+        """
+        if not _holds_references(raw, kind):
+            return raw
+        error = ReferenceNotAllowedError(
+            f"{kind} {key!r} holds AWS Secrets Manager references, which are not resolved while a DAG "
+            "file is parsed (the value would be fetched on every parse and could be stored in the "
+            "serialized DAG); read it inside a task, or set the backend option resolve_at_parse_time",
+        )
+        log.error("%s", error)
+        raise self._fail_closed(error, key, kind, roles=_PARSE_TIME_FAIL_CLOSED_ROLES) from None
 
     def _expansion(self, conn_id: str, kind: str, *, cached_only: bool = False) -> Expansion:
         from airflow_sm_refs.expand import Expansion
@@ -194,7 +310,9 @@ class SecretsManagerRefsBackend(BaseSecretsBackend):
             cached_only=cached_only,
         )
 
-    def _fail_closed(self, exc: BaseException, key: str, kind: str) -> BaseException:
+    def _fail_closed(
+        self, exc: BaseException, key: str, kind: str, roles: frozenset[ProcessRole] = _FAIL_CLOSED_ROLES
+    ) -> BaseException:
         """The error to raise for ``exc`` so that Airflow's lookup stops here.
 
         Anything unexpected becomes a :class:`SecretFetchError` naming the
@@ -210,7 +328,7 @@ class SecretsManagerRefsBackend(BaseSecretsBackend):
                 conn_id=key,
                 field=None if kind == "connection" else "value",
             )
-        if AUTHORITATIVE_DENY or process_role() not in _FAIL_CLOSED_ROLES:
+        if AUTHORITATIVE_DENY or process_role() not in roles:
             return error
         return SecretLookupAborted(error)
 
@@ -243,7 +361,8 @@ class SecretsManagerRefsBackend(BaseSecretsBackend):
         :raises SecretReferenceError: a reference cannot be resolved; the lookup stops here
         :raises SecretLookupAborted: the same, before Airflow 3.2.2, in processes that resolve
         """
-        if self._steps_aside():
+        mode = self._mode()
+        if mode == _STEP_ASIDE:
             return None
         with _guard(f"conn:{conn_id}") as first:
             if not first:
@@ -251,6 +370,8 @@ class SecretsManagerRefsBackend(BaseSecretsBackend):
             raw = self._ask_chain("get_connection", conn_id, team_name)
             if raw is None:
                 return None
+            if mode == _REFUSE:
+                return self._refuse_at_parse_time(raw, conn_id, "connection")
             return self._expand_raw_connection(raw, conn_id)
 
     async def aget_connection(self, conn_id: str, team_name: str | None = None) -> Any:
@@ -262,7 +383,8 @@ class SecretsManagerRefsBackend(BaseSecretsBackend):
         ``aget_connection``, a cache miss) runs in a worker thread, so the
         loop is never blocked.
         """
-        if self._steps_aside():
+        mode = self._mode()
+        if mode == _STEP_ASIDE:
             return None
         from asgiref.sync import sync_to_async
 
@@ -272,6 +394,8 @@ class SecretsManagerRefsBackend(BaseSecretsBackend):
             raw = await self._aask_chain_connection(conn_id, team_name)
         if raw is None:
             return None
+        if mode == _REFUSE:
+            return self._refuse_at_parse_time(raw, conn_id, "connection")
         from airflow_sm_refs.expand import NotCached, expand_connection
 
         try:
@@ -311,7 +435,8 @@ class SecretsManagerRefsBackend(BaseSecretsBackend):
 
     def get_variable(self, key: str, team_name: str | None = None) -> str | None:
         """Find the raw variable later in the chain and return it with its references resolved."""
-        if self._steps_aside():
+        mode = self._mode()
+        if mode == _STEP_ASIDE:
             return None
         with _guard(f"var:{key}") as first:
             if not first:
@@ -319,6 +444,8 @@ class SecretsManagerRefsBackend(BaseSecretsBackend):
             raw = self._ask_chain("get_variable", key, team_name)
             if raw is None:
                 return None
+            if mode == _REFUSE:
+                return self._refuse_at_parse_time(raw, key, "variable")
             return self._expand_raw_variable(raw, key)
 
     def get_config(self, key: str) -> str | None:

@@ -13,6 +13,7 @@ import json
 import logging
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 from airflow_sm_refs._exceptions import ReferenceSyntaxError, SecretFetchError, SecretReferenceError
 from airflow_sm_refs.reference import SecretReference, has_reference, split_references
@@ -27,6 +28,7 @@ __all__ = [
     "expand_connection",
     "json_may_hold_references",
     "map_json_strings",
+    "masked_forms",
     "not_json_error",
 ]
 
@@ -39,10 +41,19 @@ CONNECTION_FIELDS = ("host", "schema", "login", "password")
 Resolve = Callable[[SecretReference, str], str]
 
 
-# Digests of the values already registered with the masker, per masker
-# instance: registering again costs a message to the task supervisor on every
-# lookup, and a warm lookup should cost next to nothing.
-_MASKED: dict[int, set[bytes]] = {}
+# What has been registered with the masker: per masker, the digests of the
+# values registered since its last reset. Registering again costs a message
+# to the task supervisor on every lookup, and a warm lookup should cost next
+# to nothing; but Airflow resets the masker before each task (3.x
+# ``reset_secrets_masker`` gives it a new, empty pattern set), and a
+# long-lived process must then register again. So the memory is keyed on the
+# masker and its current pattern set, both held here so that neither id can
+# be reused by another object.
+_MASKED: dict[int, tuple[Any, Any, set[bytes]]] = {}
+
+# (kind, id, field, reference, length) already checked for values too short
+# to mask, so that a warm lookup does not parse the value again.
+_CHECKED_SHORT: set[tuple[str, str | None, str, str, int]] = set()
 
 # (kind, id, field, reference) already logged as served from the process
 # cache: the first such line per task process is INFO, repeats are DEBUG, so a
@@ -52,14 +63,77 @@ _LOGGED_HITS: set[tuple[str, str | None, str, str]] = set()
 _MAX_LOGGED_HITS = 10_000
 
 
+def _nested_strings(value: str) -> list[str]:
+    """The strings inside ``value`` when it is the JSON text of an object or array (a nested key's value)."""
+    if value[:1] not in ("{", "["):
+        return []
+    try:
+        document = json.loads(value)
+    except (ValueError, RecursionError):
+        return []
+    found: list[str] = []
+    stack = [document]
+    while stack:  # iterative: a deeply nested secret must not exhaust the stack
+        item = stack.pop()
+        if isinstance(item, str):
+            found.append(item)
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return found
+
+
+def masked_forms(value: str) -> list[str]:
+    """Every form ``value`` may take in a log, each once: as it is, JSON-escaped, URL-encoded.
+
+    ``extra`` and JSON Variables are written back with ``json.dumps``, which
+    escapes quotes, backslashes and (by default) non-ASCII characters; URIs
+    percent-encode. When ``value`` is the JSON text of an object or array,
+    each string inside it (and its forms) is included too.
+    """
+    forms: list[str] = []
+    for text in (value, *_nested_strings(value)):
+        for form in (
+            text,
+            json.dumps(text, ensure_ascii=True)[1:-1],
+            json.dumps(text, ensure_ascii=False)[1:-1],
+            quote(text, safe=""),
+            quote_plus(text),
+        ):
+            if form and form not in forms:
+                forms.append(form)
+    return forms
+
+
+def _remembered(masker: Any) -> set[bytes]:
+    """The digests registered with ``masker`` since it was last reset."""
+    patterns = getattr(masker, "patterns", None)
+    entry = _MASKED.get(id(masker))
+    if entry is None or entry[0] is not masker or entry[1] is not patterns:
+        entry = (masker, patterns, set())
+        _MASKED[id(masker)] = entry
+    return entry[2]
+
+
 def _default_mask(value: str) -> None:
     from airflow_sm_refs._compat import mask_secret, secrets_masker
 
-    seen = _MASKED.setdefault(id(secrets_masker()), set())
+    seen = _remembered(secrets_masker())
     digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).digest()
-    if digest not in seen:
-        mask_secret(value)
-        seen.add(digest)
+    if digest in seen:
+        return
+    for form in masked_forms(value):
+        mask_secret(form)
+    seen.add(digest)
+
+
+def too_short_to_mask(value: str) -> bool:
+    """Whether ``value``, or a string inside it, is non-empty and shorter than Airflow masks."""
+    from airflow_sm_refs._compat import min_masked_length
+
+    minimum = min_masked_length()
+    return any(0 < len(text) < minimum for text in (value, *_nested_strings(value)))
 
 
 class NotCached(Exception):  # noqa: N818 - a signal, not an error
@@ -157,6 +231,7 @@ class Expansion:
         # Masked before anything else can print it, spliced or not, whatever
         # the key it sits under.
         self.mask(resolved.value)
+        self._warn_if_too_short(ref, field, resolved.value)
         level = logging.INFO
         if resolved.source == "process cache":
             seen = (self.kind, self.conn_id, field, ref.text)
@@ -180,6 +255,26 @@ class Expansion:
             resolved.seconds * 1000,
         )
         return resolved.value
+
+    def _warn_if_too_short(self, ref: SecretReference, field: str, value: str) -> None:
+        # Airflow's masker skips short values: say so, once per reference, never showing it.
+        seen = (self.kind, self.conn_id, field, ref.text, len(value))
+        if seen in _CHECKED_SHORT:
+            return
+        if len(_CHECKED_SHORT) >= _MAX_LOGGED_HITS:
+            _CHECKED_SHORT.clear()
+        _CHECKED_SHORT.add(seen)
+        if not too_short_to_mask(value):
+            return
+        log.warning(
+            "%s %r field %r: secret %s (%s): the value (or a string inside it) is too short for "
+            "Airflow's secrets masker and will not be masked in logs; use a longer secret",
+            self.kind,
+            self.conn_id,
+            field,
+            _describe(ref),
+            ref.version_label,
+        )
 
     def text(self, value: str, field: str) -> str:
         """Expand every reference in one string."""

@@ -14,6 +14,7 @@ from typing import Any
 
 from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
 
+from airflow_sm_refs._options import parse_bool, parse_dict, parse_number, parse_str, parse_verify
 from airflow_sm_refs.expand import Expansion, build_connection, expand_connection
 from airflow_sm_refs.resolver import (
     DEFAULT_CACHE_TTL_SECONDS,
@@ -56,6 +57,12 @@ class SecretsManagerRefsHook(AwsBaseHook):
         ``None``: any secret the AWS identity can read.
     :param allowed_conn_ids: glob patterns of the connections whose references are expanded.
         ``None``: every connection.
+    :param allowed_variables: glob patterns of the Variables whose references are expanded
+        (:meth:`get_resolved_variable`). ``None``: every Variable.
+
+    Options are parsed as the backend's are: strings such as ``"false"``,
+    ``'["team-a/*"]'`` or ``"60"`` are read as what they say, anything
+    unclear is refused here with an error naming the option.
     """
 
     hook_name = "AWS Secrets Manager references"
@@ -70,15 +77,32 @@ class SecretsManagerRefsHook(AwsBaseHook):
         shared_cache_dir: str | None = None,
         allowed_secrets: list[str] | None = None,
         allowed_conn_ids: list[str] | None = None,
+        allowed_variables: list[str] | None = None,
         **kwargs: Any,
     ) -> None:
         from airflow_sm_refs.policy import AccessPolicy
         from airflow_sm_refs.resolver import CacheSettings
 
+        # Parsed before anything is built, so a bad option fails here, naming it.
+        cache_settings = CacheSettings(
+            parse_number(cache_ttl_seconds, "cache_ttl_seconds"),
+            parse_number(stale_if_error_seconds, "stale_if_error_seconds"),
+            parse_bool(shared_cache, "shared_cache"),
+            parse_str(shared_cache_dir, "shared_cache_dir"),
+        )
+        policy = AccessPolicy.from_options(allowed_secrets, allowed_conn_ids, allowed_variables)
+        aws_conn_id = parse_str(aws_conn_id, "aws_conn_id")
+        if "region_name" in kwargs:
+            kwargs["region_name"] = parse_str(kwargs["region_name"], "region_name")
+        if "verify" in kwargs:
+            kwargs["verify"] = parse_verify(kwargs["verify"], "verify")
+        if isinstance(kwargs.get("config"), (str, dict)):
+            # a botocore Config passes as it is; its arguments as a dict or JSON object
+            kwargs["config"] = parse_dict(kwargs["config"], "config")
         kwargs["client_type"] = "secretsmanager"
         super().__init__(aws_conn_id=aws_conn_id, **kwargs)
-        self.cache_settings = CacheSettings(cache_ttl_seconds, stale_if_error_seconds, shared_cache, shared_cache_dir)
-        self.policy = AccessPolicy.from_options(allowed_secrets, allowed_conn_ids)
+        self.cache_settings = cache_settings
+        self.policy = policy
 
     # --- AWS -----------------------------------------------------------------
     @cached_property
@@ -146,27 +170,34 @@ class SecretsManagerRefsHook(AwsBaseHook):
     def get_resolved_connection(self, conn_id: str) -> Any:
         """Find connection ``conn_id`` as a task would, and return it with its references expanded.
 
-        When this package's backend is configured (and resolving in this
-        process), Airflow's lookup already returns the resolved connection; it
-        is returned as it is, never scanned again, so a secret whose text looks
-        like a reference stays literal.
+        The raw connection is found in Airflow's secrets chain without this
+        package's backend, and expanded with this hook's own allowlists and
+        AWS identity, whether or not the backend is configured: a hook limited
+        to ``team-a/*`` never hands out what a broader backend resolved.
 
-        :raises airflow.sdk.exceptions.AirflowNotFoundException: no such connection
-        :raises SecretReferenceError: a reference is malformed or cannot be resolved
+        :raises AirflowNotFoundException: no such connection
+        :raises SecretReferenceError: a reference is malformed, not allowed or cannot be resolved
         """
-        conn = self.get_connection(conn_id)
-        if _backend_resolves_here():
-            return conn
-        return self.resolve_connection(conn)
+        from airflow_sm_refs.backend import raw_from_chain
 
+        raw = raw_from_chain("get_connection", conn_id)
+        if raw is None:
+            from airflow_sm_refs._compat import not_found_errors
 
-def _backend_resolves_here() -> bool:
-    """Whether this package's backend is in the current chain and resolves in this process."""
-    from airflow_sm_refs._compat import later_backends
-    from airflow_sm_refs.backend import SecretsManagerRefsBackend
+            raise not_found_errors()[0](f"The conn_id `{conn_id}` isn't defined")
+        return self.resolve_connection(raw)
 
-    return any(
-        isinstance(backend, SecretsManagerRefsBackend) and not backend._steps_aside()
-        for backend in later_backends()
-    )
+    def get_resolved_variable(self, key: str) -> str | None:
+        """Find Variable ``key`` as a task would, and return its value with its references expanded.
 
+        As :meth:`get_resolved_connection`: this hook's allowlists and AWS identity apply.
+
+        :returns: the value, or ``None`` when there is no such Variable
+        :raises SecretReferenceError: a reference is malformed, not allowed or cannot be resolved
+        """
+        from airflow_sm_refs.backend import raw_from_chain
+
+        raw = raw_from_chain("get_variable", key)
+        if raw is None:
+            return None
+        return self._expansion(key, "variable").variable(raw)

@@ -1,4 +1,4 @@
-"""What references may name, and which connections may hold them (the allowlists).
+"""What references may name, and which connections and variables may hold them (the allowlists).
 
 Anyone allowed to edit connections can write a reference, and the worker's AWS
 role can usually read far more than one team should see. The allowlists bound
@@ -12,21 +12,10 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
 from airflow_sm_refs._exceptions import ReferenceNotAllowedError
+from airflow_sm_refs._options import parse_list
 from airflow_sm_refs.reference import SecretReference
 
 __all__ = ["AccessPolicy"]
-
-
-def _patterns(value: str | Iterable[str] | None, option: str) -> tuple[str, ...] | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = [value]
-    patterns = tuple(value)
-    for pattern in patterns:
-        if not isinstance(pattern, str) or not pattern:
-            raise ValueError(f"{option} must be a list of non-empty glob patterns, got {pattern!r}")
-    return patterns
 
 
 @dataclass(frozen=True)
@@ -40,22 +29,35 @@ class AccessPolicy:
         admitted by ``prod/*``.
     :param allowed_conn_ids: glob patterns of the connection ids whose
         references are expanded; a reference in any other connection is an error.
+    :param allowed_variables: glob patterns of the Variable keys whose
+        references are expanded; a reference in any other Variable is an error.
     """
 
     allowed_secrets: tuple[str, ...] | None = None
     allowed_conn_ids: tuple[str, ...] | None = None
+    allowed_variables: tuple[str, ...] | None = None
 
     @classmethod
     def from_options(
-        cls, allowed_secrets: str | Iterable[str] | None = None, allowed_conn_ids: str | Iterable[str] | None = None
+        cls,
+        allowed_secrets: str | Iterable[str] | None = None,
+        allowed_conn_ids: str | Iterable[str] | None = None,
+        allowed_variables: str | Iterable[str] | None = None,
     ) -> AccessPolicy:
-        """Validate the kwargs as an operator wrote them."""
-        return cls(_patterns(allowed_secrets, "allowed_secrets"), _patterns(allowed_conn_ids, "allowed_conn_ids"))
+        """Validate the kwargs as an operator wrote them (lists, JSON arrays or comma-separated strings).
+
+        :raises ValueError: naming the option that is not a list of non-empty patterns
+        """
+        return cls(
+            parse_list(allowed_secrets, "allowed_secrets"),
+            parse_list(allowed_conn_ids, "allowed_conn_ids"),
+            parse_list(allowed_variables, "allowed_variables"),
+        )
 
     @property
     def unrestricted(self) -> bool:
-        """Whether neither list is set."""
-        return self.allowed_secrets is None and self.allowed_conn_ids is None
+        """Whether no list is set."""
+        return self.allowed_secrets is None and self.allowed_conn_ids is None and self.allowed_variables is None
 
     def secret_allowed(self, ref: SecretReference) -> bool:
         """Whether ``ref`` names a secret the allowlist admits."""
@@ -92,10 +94,25 @@ class AccessPolicy:
                 conn_id=conn_id,
             )
 
+    def variable_allowed(self, key: str) -> bool:
+        """Whether references in Variable ``key`` may be expanded."""
+        return self.allowed_variables is None or any(fnmatchcase(key, p) for p in self.allowed_variables)
+
+    def check_variable(self, key: str) -> None:
+        """Raise unless references in Variable ``key`` may be expanded.
+
+        :raises ReferenceNotAllowedError: naming the variable
+        """
+        if not self.variable_allowed(key):
+            raise ReferenceNotAllowedError(
+                f"not allowed: variable {key!r} holds references but matches no pattern in allowed_variables",
+            )
+
     def checker(self, owner: str, kind: str = "connection") -> Callable[[SecretReference], None] | None:
         """The check to run before resolving each reference of one connection (or variable).
 
-        ``allowed_conn_ids`` applies to connections; ``allowed_secrets`` to both.
+        ``allowed_conn_ids`` applies to connections, ``allowed_variables`` to
+        Variables; ``allowed_secrets`` to both.
         """
         if self.unrestricted:
             return None
@@ -103,6 +120,8 @@ class AccessPolicy:
         def check(ref: SecretReference) -> None:
             if kind == "connection":
                 self.check_connection(owner)
+            elif kind == "variable":
+                self.check_variable(owner)
             self.check_reference(ref)
 
         return check

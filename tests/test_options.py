@@ -1,0 +1,181 @@
+"""Options as Airflow hands them over: per-key overrides arrive as raw strings, and must mean what they say."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from airflow_sm_refs import SecretsManagerRefsBackend
+from airflow_sm_refs._options import parse_bool, parse_dict, parse_list, parse_number
+from standins.aws import AwsStandIn
+from tests.conftest import configure_backend, get_connection, set_conn
+
+pytestmark = pytest.mark.compat
+
+PASSWORD = "options-pass-7c1d9e"
+
+
+def _worker_cache_files() -> list[Path]:
+    from airflow_sm_refs import worker_cache
+
+    return [p for p in Path(worker_cache.RAM_FS).rglob("*") if p.is_file()]
+
+
+@pytest.fixture
+def secret(aws: AwsStandIn) -> AwsStandIn:
+    aws.client().create_secret(Name="airflow/db", SecretString=json.dumps({"password": PASSWORD}))
+    return aws
+
+
+def _per_key_overrides_supported() -> bool:
+    """Whether this Airflow reads ``AIRFLOW__SECRETS__BACKEND_KWARG__<KEY>`` at all."""
+    for module in ("airflow.sdk._shared.configuration.parser", "airflow._shared.configuration.parser"):
+        try:
+            if hasattr(__import__(module, fromlist=["_collect_kwarg_env_vars"]), "_collect_kwarg_env_vars"):
+                return True
+        except ImportError:
+            continue
+    return False
+
+
+class TestParsers:
+    @pytest.mark.parametrize(
+        ("given", "expected"),
+        [(True, True), (False, False), ("false", False), ("FALSE", False), ("No", False), ("0", False),
+         ("true", True), ("Yes", True), (" 1 ", True), (1, True), (0, False)],
+    )
+    def test_booleans(self, given: object, expected: bool) -> None:
+        assert parse_bool(given, "shared_cache") is expected
+
+    @pytest.mark.parametrize("given", ["", "off", "maybe", "2", 2, None, [], 1.5])
+    def test_anything_else_is_not_a_boolean(self, given: object) -> None:
+        with pytest.raises(ValueError, match="'shared_cache'"):
+            parse_bool(given, "shared_cache")
+
+    @pytest.mark.parametrize(
+        ("given", "expected"),
+        [
+            ('["airflow/*", "team-a/*"]', ("airflow/*", "team-a/*")),
+            ("airflow/*, team-a/*", ("airflow/*", "team-a/*")),
+            ("airflow/*", ("airflow/*",)),
+            (["airflow/*"], ("airflow/*",)),
+            ("[]", ()),
+            (None, None),
+        ],
+    )
+    def test_lists(self, given: object, expected: object) -> None:
+        assert parse_list(given, "allowed_secrets") == expected
+
+    @pytest.mark.parametrize("given", ['["airflow/*"', '{"a": 1}', "[1]", "a,,b", 5, {"a"}])
+    def test_anything_else_is_not_a_list(self, given: object) -> None:
+        with pytest.raises(ValueError, match="'allowed_secrets'"):
+            parse_list(given, "allowed_secrets")
+
+    def test_numbers_and_dicts(self) -> None:
+        assert parse_number("60", "cache_ttl_seconds") == 60.0
+        assert parse_number(" 2.5 ", "cache_ttl_seconds") == 2.5
+        for bad in ("soon", "nan", "inf", True, None, "-1"):
+            with pytest.raises(ValueError, match="'cache_ttl_seconds'"):
+                parse_number(bad, "cache_ttl_seconds")
+        assert parse_dict('{"retries": {"mode": "standard"}}', "config_kwargs") == {"retries": {"mode": "standard"}}
+        for bad in ("retries=3", "[1]", 3):
+            with pytest.raises(ValueError, match="'config_kwargs'"):
+                parse_dict(bad, "config_kwargs")
+
+
+class TestBackendOptions:
+    def test_string_options_mean_what_they_say(
+        self, secret: AwsStandIn, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Regression: ``bool("false")`` was true, and a string list became one glob character class."""
+        set_conn(monkeypatch, "db", {"conn_type": "postgres", "password": "{{workato:sm:password:airflow/db}}"})
+        backend = SecretsManagerRefsBackend(
+            region_name="us-east-1",
+            endpoint_url=secret.endpoint_url,
+            shared_cache="false",
+            resolve_on_server="false",
+            allowed_secrets='["airflow/*"]',
+            cache_ttl_seconds="60",
+        )
+        assert backend.cache_settings.shared_cache is False
+        assert backend.cache_settings.cache_ttl_seconds == 60.0
+
+        assert backend.get_connection("db").password == PASSWORD  # admitted by airflow/*
+        assert _worker_cache_files() == []  # shared_cache="false": nothing written to the RAM disk
+
+        monkeypatch.setattr("sys.argv", ["airflow", "scheduler"])  # a server process
+        monkeypatch.setenv("_AIRFLOW_PROCESS_CONTEXT", "server")
+        assert backend.get_connection("db") is None  # resolve_on_server="false": steps aside
+
+    @pytest.mark.parametrize(
+        ("option", "value"),
+        [
+            ("resolve_on_server", "flase"),
+            ("shared_cache", "off"),
+            ("resolve_at_parse_time", "maybe"),
+            ("cache_ttl_seconds", "five minutes"),
+            ("stale_if_error_seconds", "-1"),
+            ("allowed_secrets", '["airflow/*"'),
+            ("allowed_conn_ids", 7),
+            ("allowed_variables", "[1]"),
+            ("config_kwargs", "retries=3"),
+            ("assume_role_kwargs", "[]"),
+            ("region_name", 5),
+            ("verify", ""),
+        ],
+    )
+    def test_unclear_option_is_refused_when_built_naming_it(self, option: str, value: object) -> None:
+        with pytest.raises((ValueError, TypeError), match=repr(option)):
+            SecretsManagerRefsBackend(**{option: value})
+
+    def test_credential_option_is_named_but_never_shown(self) -> None:
+        with pytest.raises(ValueError, match="'aws_secret_access_key'") as info:
+            SecretsManagerRefsBackend(aws_secret_access_key=["wJalrXUtnFEMI-not-shown"])
+        assert "wJalrXUtnFEMI" not in str(info.value)
+
+    def test_json_strings_for_dict_options_and_verify(self) -> None:
+        backend = SecretsManagerRefsBackend(
+            config_kwargs='{"retries": {"total_max_attempts": 2}}', assume_role_kwargs="{}", verify="FALSE"
+        )
+        assert backend.aws_settings["config_kwargs"] == {"retries": {"total_max_attempts": 2}}
+        assert backend.aws_settings["assume_role_kwargs"] == {}
+        assert backend.aws_settings["verify"] is False
+        assert SecretsManagerRefsBackend(verify="/etc/ssl/ca.pem").aws_settings["verify"] == "/etc/ssl/ca.pem"
+
+    @pytest.mark.skipif(not _per_key_overrides_supported(), reason="this Airflow has no per-key backend kwargs")
+    def test_per_key_override_through_airflow(self, secret: AwsStandIn, monkeypatch: pytest.MonkeyPatch) -> None:
+        configure_backend(monkeypatch, region_name="us-east-1", endpoint_url=secret.endpoint_url)
+        monkeypatch.setenv("AIRFLOW__SECRETS__BACKEND_KWARG__SHARED_CACHE", "False")
+        monkeypatch.setenv("AIRFLOW__SECRETS__BACKEND_KWARG__ALLOWED_SECRETS", "airflow/*,other/*")
+        from airflow_sm_refs._compat import reset_secrets_chain
+
+        reset_secrets_chain()
+        set_conn(monkeypatch, "db", {"conn_type": "postgres", "password": "{{workato:sm:password:airflow/db}}"})
+        assert get_connection("db").password == PASSWORD
+        assert _worker_cache_files() == []
+        assert os.environ["AIRFLOW__SECRETS__BACKEND_KWARG__SHARED_CACHE"] == "False"
+
+
+class TestHookOptions:
+    def test_string_options_mean_what_they_say(self) -> None:
+        from airflow_sm_refs.hook import SecretsManagerRefsHook
+
+        hook = SecretsManagerRefsHook(
+            aws_conn_id=None, shared_cache="no", cache_ttl_seconds="30", allowed_secrets="team-a/*, team-b/*"
+        )
+        assert hook.cache_settings.shared_cache is False
+        assert hook.cache_settings.cache_ttl_seconds == 30.0
+        assert hook.policy.allowed_secrets == ("team-a/*", "team-b/*")
+
+    @pytest.mark.parametrize(
+        ("option", "value"),
+        [("shared_cache", "nope"), ("cache_ttl_seconds", "x"), ("allowed_conn_ids", 3), ("verify", 3), ("config", "[")],
+    )
+    def test_unclear_option_is_refused_naming_it(self, option: str, value: object) -> None:
+        from airflow_sm_refs.hook import SecretsManagerRefsHook
+
+        with pytest.raises((ValueError, TypeError), match=repr(option)):
+            SecretsManagerRefsHook(aws_conn_id=None, **{option: value})
