@@ -236,13 +236,19 @@ class WorkerCache:
                 )
                 self._write(name, marked, ttl + stale_if_error)
                 return self._after_failure(marked, failure, now, ttl, stale_if_error)
+            if failure.transient and current is not None and current.failure is not None and current.payload is None:
+                if not current.failure.transient:
+                    # AWS's last answer was not-found or denied: a retry that fails
+                    # transiently must not let another tier serve an older value stale.
+                    failure = current.failure
+                    exc = failure.error()
             # The value (if any) is dropped; the error (which holds no value)
             # stays for the processes waiting on this attempt.
             record = _Entry(key, _new_attempt(), None, fetched_at=now, failure=failure)
             if not self._write(name, record, ttl + stale_if_error) and current is not None:
                 # Could not replace it (a full /dev/shm): the value must go all the same.
                 self._unlink(name + ".entry")
-            raise
+            raise exc from None
         entry = _Entry(key, _new_attempt(), payload, fetched_at=self.timer(), draw=self.rand())
         self._write(name, entry, ttl + stale_if_error)
         return payload, "aws", 0.0
