@@ -23,6 +23,7 @@ __all__ = [
     "SECRET_OPTIONS",
     "parse_bool",
     "parse_dict",
+    "parse_int",
     "parse_list",
     "parse_number",
     "parse_str",
@@ -76,6 +77,23 @@ def parse_number(value: Any, option: str, *, minimum: float | None = 0.0) -> flo
     if minimum is not None and number < minimum:
         bound = "negative" if minimum == 0 else f"less than {minimum:g}"
         raise ValueError(f"option {option!r} must not be {bound}, got {number:g}")
+    return number
+
+
+def parse_int(value: Any, option: str, *, minimum: int = 1) -> int:
+    """A whole number: a real one or its digits as a string; booleans are refused.
+
+    :raises ValueError: anything else, or a number below ``minimum``, naming ``option``
+    """
+    number: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+        number = int(value.strip())
+    if number is None:
+        raise ValueError(f"option {option!r} must be a whole number, got {_shown(option, value)}")
+    if number < minimum:
+        raise ValueError(f"option {option!r} must be at least {minimum}, got {number}")
     return number
 
 

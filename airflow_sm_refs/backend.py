@@ -29,7 +29,7 @@ from airflow_sm_refs._exceptions import (
     SecretLookupAborted,
     SecretReferenceError,
 )
-from airflow_sm_refs._options import parse_bool, parse_dict, parse_number, parse_str, parse_verify
+from airflow_sm_refs._options import parse_bool, parse_dict, parse_int, parse_number, parse_str, parse_verify
 
 if TYPE_CHECKING:
     from airflow_sm_refs.expand import Expansion
@@ -184,6 +184,8 @@ class SecretsManagerRefsBackend(BaseSecretsBackend):
     :param shared_cache_dir: directory for the shared cache, private to the worker's user (``0700``).
         ``None``: ``/dev/shm/airflow-sm-refs-<uid>`` where ``/dev/shm`` exists, else no shared cache.
         Secrets are written there: name a RAM-backed filesystem.
+    :param shared_cache_max_entries: most entries in the shared cache directory; the oldest
+        fetched are evicted first. Default 1000.
     :param allowed_secrets: glob patterns of the secrets references may name: name patterns
         (``prod/*``) for plain names, ARN patterns (``arn:aws:secretsmanager:*:123456789012:secret:prod/*``)
         for ARNs. ``None``: any secret the worker's AWS identity can read (set it).
@@ -216,6 +218,7 @@ class SecretsManagerRefsBackend(BaseSecretsBackend):
         resolve_on_server: bool = False,
         shared_cache: bool = True,
         shared_cache_dir: str | None = None,
+        shared_cache_max_entries: int = 1000,
         allowed_secrets: list[str] | None = None,
         allowed_conn_ids: list[str] | None = None,
         allowed_variables: list[str] | None = None,
@@ -248,6 +251,7 @@ class SecretsManagerRefsBackend(BaseSecretsBackend):
             parse_number(stale_if_error_seconds, "stale_if_error_seconds"),
             parse_bool(shared_cache, "shared_cache"),
             parse_str(shared_cache_dir, "shared_cache_dir"),
+            parse_int(shared_cache_max_entries, "shared_cache_max_entries"),
         )
         self.resolve_on_server = parse_bool(resolve_on_server, "resolve_on_server")
         self.resolve_at_parse_time = parse_bool(resolve_at_parse_time, "resolve_at_parse_time")

@@ -14,7 +14,7 @@ from typing import Any
 
 from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
 
-from airflow_sm_refs._options import parse_bool, parse_dict, parse_number, parse_str, parse_verify
+from airflow_sm_refs._options import parse_bool, parse_dict, parse_int, parse_number, parse_str, parse_verify
 from airflow_sm_refs.expand import Expansion, build_connection, expand_connection
 from airflow_sm_refs.resolver import (
     DEFAULT_CACHE_TTL_SECONDS,
@@ -53,6 +53,7 @@ class SecretsManagerRefsHook(AwsBaseHook):
         backend does. Default ``True``.
     :param shared_cache_dir: directory of the per-worker cache, private to the worker's user.
         ``None``: ``/dev/shm/airflow-sm-refs-<uid>`` where ``/dev/shm`` exists, else no shared cache.
+    :param shared_cache_max_entries: most entries in that directory, as for the backend. Default 1000.
     :param allowed_secrets: glob patterns of the secrets references may name, as for the backend.
         ``None``: any secret the AWS identity can read.
     :param allowed_conn_ids: glob patterns of the connections whose references are expanded.
@@ -75,6 +76,7 @@ class SecretsManagerRefsHook(AwsBaseHook):
         stale_if_error_seconds: float = DEFAULT_STALE_IF_ERROR_SECONDS,
         shared_cache: bool = True,
         shared_cache_dir: str | None = None,
+        shared_cache_max_entries: int = 1000,
         allowed_secrets: list[str] | None = None,
         allowed_conn_ids: list[str] | None = None,
         allowed_variables: list[str] | None = None,
@@ -89,9 +91,9 @@ class SecretsManagerRefsHook(AwsBaseHook):
             parse_number(stale_if_error_seconds, "stale_if_error_seconds"),
             parse_bool(shared_cache, "shared_cache"),
             parse_str(shared_cache_dir, "shared_cache_dir"),
+            parse_int(shared_cache_max_entries, "shared_cache_max_entries"),
         )
         policy = AccessPolicy.from_options(allowed_secrets, allowed_conn_ids, allowed_variables)
-        aws_conn_id = parse_str(aws_conn_id, "aws_conn_id")
         if "region_name" in kwargs:
             kwargs["region_name"] = parse_str(kwargs["region_name"], "region_name")
         if "verify" in kwargs:

@@ -99,9 +99,11 @@ class TestBackendOptions:
             resolve_on_server="false",
             allowed_secrets='["airflow/*"]',
             cache_ttl_seconds="60",
+            shared_cache_max_entries="50",
         )
         assert backend.cache_settings.shared_cache is False
         assert backend.cache_settings.cache_ttl_seconds == 60.0
+        assert backend.cache_settings.shared_cache_max_entries == 50
 
         assert backend.get_connection("db").password == PASSWORD  # admitted by airflow/*
         assert _worker_cache_files() == []  # shared_cache="false": nothing written to the RAM disk
@@ -125,6 +127,8 @@ class TestBackendOptions:
             ("assume_role_kwargs", "[]"),
             ("region_name", 5),
             ("verify", ""),
+            ("shared_cache_max_entries", "0"),
+            ("shared_cache_max_entries", "1.5"),
         ],
     )
     def test_unclear_option_is_refused_when_built_naming_it(self, option: str, value: object) -> None:
