@@ -34,6 +34,10 @@ from typing import Any
 __all__ = [
     "AUTHORITATIVE_DENY",
     "DenyBase",
+    "airflow_conf",
+    "configured_secrets_backend",
+    "has_workers_secrets_backend",
+    "use_task_connection_class",
     "base_hook",
     "reset_secrets_chain",
     "HAS_TASK_SDK",
@@ -364,3 +368,43 @@ def not_found_errors() -> tuple[type[BaseException], ...]:
 def redact(value: Any) -> Any:
     """``value`` as this process's secrets masker would write it to a log."""
     return secrets_masker().redact(value)
+
+
+# --- configuration, for this package's own command line ----------------------------------
+def airflow_conf() -> Any:
+    """Airflow's configuration object."""
+    from airflow.configuration import conf
+
+    return conf
+
+
+def configured_secrets_backend(*, worker_mode: bool) -> Any | None:
+    """The custom backend ``airflow.cfg`` names: ``[workers]`` (where the line has it) or ``[secrets]``."""
+    try:
+        from airflow.sdk.configuration import conf as sdk_conf
+
+        return sdk_conf._get_custom_secret_backend(worker_mode=worker_mode)
+    except (ImportError, AttributeError):
+        pass
+    import inspect
+
+    import airflow.configuration as configuration
+
+    if "worker_mode" in inspect.signature(configuration.get_custom_secret_backend).parameters:
+        return configuration.get_custom_secret_backend(worker_mode=worker_mode)
+    return configuration.get_custom_secret_backend()  # 2.x has no [workers] backend
+
+
+def use_task_connection_class(backend: Any) -> None:
+    """Make ``backend`` build the connection class a task receives (the Task SDK's, where it has one)."""
+    setter = getattr(backend, "_set_connection_class", None)
+    if setter is None or not _has_module("airflow.sdk.definitions.connection"):
+        return
+    from airflow.sdk.definitions.connection import Connection
+
+    setter(Connection)
+
+
+def has_workers_secrets_backend() -> bool:
+    """Whether this line has ``[workers] secrets_backend`` (a backend for task processes only)."""
+    return bool(airflow_conf().has_option("workers", "secrets_backend"))

@@ -96,12 +96,11 @@ def _configured_backend() -> ConfiguredBackend:
     ``[workers] secrets_backend`` and its kwargs, else ``[secrets] backend``
     and its kwargs (Airflow's own worker-mode lookup).
     """
-    from airflow.sdk.configuration import conf
-
+    from airflow_sm_refs._compat import configured_secrets_backend
     from airflow_sm_refs.backend import SecretsManagerRefsBackend
 
     try:
-        configured = conf._get_custom_secret_backend(worker_mode=True)
+        configured = configured_secrets_backend(worker_mode=True)
     except Exception as exc:
         raise UsageError(f"cannot build the configured secrets backend: {_one_line(exc)}") from None
     if isinstance(configured, SecretsManagerRefsBackend):
@@ -138,8 +137,9 @@ def _raw_sources(other: Any | None) -> list[tuple[str, Any]]:
     API server as a task does, so it asks the ``[secrets]`` backend and the
     metastore itself, when it can reach them.
     """
-    from airflow.sdk.definitions.connection import Connection
     from airflow.secrets.environment_variables import EnvironmentVariablesBackend
+
+    from airflow_sm_refs._compat import use_task_connection_class
 
     sources: list[tuple[str, Any]] = []
     if other is not None:
@@ -149,7 +149,7 @@ def _raw_sources(other: Any | None) -> list[tuple[str, Any]]:
     if server is not None:
         sources.append((f"{type(server).__name__} ([secrets] backend)", server))
     for _, source in sources:
-        source._set_connection_class(Connection)
+        use_task_connection_class(source)
     try:
         from airflow.secrets.metastore import MetastoreBackend
 
@@ -161,14 +161,13 @@ def _raw_sources(other: Any | None) -> list[tuple[str, Any]]:
 
 def _server_backend() -> Any | None:
     """The ``[secrets]`` backend the API server asks, when ``[workers]`` names another one and it is not ours."""
-    from airflow.sdk.configuration import conf
-
+    from airflow_sm_refs._compat import airflow_conf, configured_secrets_backend
     from airflow_sm_refs.backend import SecretsManagerRefsBackend
 
-    if not conf.get("workers", "secrets_backend", fallback=""):
+    if not airflow_conf().get("workers", "secrets_backend", fallback=""):
         return None  # tasks use the [secrets] backend themselves: it is already in the chain
     try:
-        server = conf._get_custom_secret_backend(worker_mode=False)
+        server = configured_secrets_backend(worker_mode=False)
     except Exception as exc:
         raise UsageError(f"cannot build the [secrets] backend: {_one_line(exc)}") from None
     return None if server is None or isinstance(server, SecretsManagerRefsBackend) else server
@@ -391,6 +390,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code."""
     args = _build_parser().parse_args(argv)
     out, err = sys.stdout, sys.stderr
+    # stdout is for results only: anything else that prints there (Airflow's
+    # console logging, set up while it imports; "empty cryptography key" on
+    # older lines) goes to stderr.
+    sys.stdout = err
+    try:
+        return _run(args, out, err)
+    finally:
+        sys.stdout = out
+
+
+def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     try:
         _start_airflow()
         from airflow_sm_refs._exceptions import SecretReferenceError
