@@ -137,6 +137,29 @@ class TestHttpExample:
             assert api.rejected == 1
 
 
+class TestDeferrableHttpExample:
+    """The trigger, not the task, looks the connection up (``dag.test()`` runs it in-process)."""
+
+    def test_trigger_sends_the_resolved_token(
+        self, example_dags: Path, backend_configured: AwsStandIn, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        with BearerTokenApi("deferred-token-7730") as api:
+            backend_configured.client().create_secret(Name="partner/api", SecretString=json.dumps({"token": "deferred-token-7730"}))
+            partner_api_conn(monkeypatch, api)
+            run = load_dag(example_dags, "example_deferrable_http").test()
+            assert run.state == "success"
+            assert (api.requests, api.rejected) == (1, 0)
+
+    def test_broken_reference_fails_the_task_and_never_reaches_the_api(
+        self, example_dags: Path, backend_configured: AwsStandIn, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        with BearerTokenApi("deferred-token-7730") as api:
+            partner_api_conn(monkeypatch, api)  # partner/api does not exist
+            run = load_dag(example_dags, "example_deferrable_http").test()
+            assert run.state == "failed"
+            assert api.requests == 0, "the raw reference must never be sent as the header"
+
+
 class TestRotationExample:
     def test_new_value_appears_after_ttl_not_before(
         self, example_dags: Path, aws: AwsStandIn, monkeypatch: pytest.MonkeyPatch
