@@ -53,7 +53,7 @@ class SecretReferenceError(DenyBase):  # type: ignore[misc,valid-type]
         if self.field is not None:
             where.append(f"field {self.field!r}")
         if self.reference is not None:
-            where.append(f"reference {self.reference!r}")
+            where.append(f"reference {_as_named(self.reference)!r}")
         return f"{', '.join(where)}: {self.detail}" if where else self.detail
 
     def located(
@@ -77,6 +77,20 @@ class SecretReferenceError(DenyBase):  # type: ignore[misc,valid-type]
             _rebuild,
             (type(self), self.detail, self.reference, self.conn_id, self.field),
         )
+
+
+def _as_named(reference: str) -> str:
+    """The reference as messages name it: without its braces.
+
+    Airflow registers a connection's *stored* password with the secrets
+    masker (3.x's supervisor, 2.x/3.0's ``Connection``), and a password that
+    is exactly one reference would turn the reference in a task log into
+    ``***``; named without the braces it stays readable.
+    """
+    text = reference.strip()
+    if text.startswith("{{") and text.endswith("}}"):
+        return text[2:-2].strip()
+    return text
 
 
 def _rebuild(
