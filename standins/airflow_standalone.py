@@ -1,4 +1,13 @@
-"""Run the real Airflow 3 components (API server, scheduler, dag processor, triggerer) for end-to-end tests."""
+"""Run the real Airflow components for end-to-end tests, on Airflow 2.10+ and 3.x.
+
+Airflow 3: `airflow api-server`, `scheduler`, `dag-processor` and `triggerer`, LocalExecutor,
+SimpleAuthManager (a JWT from POST /auth/token), REST API /api/v2.
+Airflow 2: `airflow webserver`, `scheduler` (which also parses DAG files) and `triggerer`,
+SequentialExecutor (what `airflow standalone` uses with sqlite), FAB basic auth, REST API /api/v1.
+
+What differs between the lines is decided once, in `AirflowLine.detect()`, from the installed
+apache-airflow(-core) distribution of the `airflow` executable's environment.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +19,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -31,7 +41,7 @@ from typing import IO, Any
 
 import psutil
 
-__all__ = ["AirflowStandalone", "AirflowStandaloneError"]
+__all__ = ["AirflowLine", "AirflowStandalone", "AirflowStandaloneError"]
 
 # Two marks on every process we start, so stop() can find anything that escaped the process
 # groups (task runners call setpgid) or was orphaned: an env var (survives exec, but Airflow's
@@ -40,6 +50,18 @@ __all__ = ["AirflowStandalone", "AirflowStandaloneError"]
 _MARKER_ENV = "AIRFLOW_STANDALONE_HARNESS_ID"
 
 _SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
+# Airflow 2: the REST API accepts HTTP basic auth against the FAB user DB with this backend.
+# (`airflow.api.auth.backend.basic_auth` is a deprecated alias of it in 2.10/2.11.)
+_FAB_BASIC_AUTH = "airflow.providers.fab.auth_manager.api.auth.backend.basic_auth"
+# FAB checks the admin's password on every basic-auth request: a werkzeug pbkdf2 hash with few
+# iterations keeps that cheap (the default 600k iterations cost ~0.3 s of CPU per API call).
+_ADMIN_HASH_ITERATIONS = 1000
+
+# Starting can race with another process grabbing the free port we picked (as standins/postgres.py).
+_START_ATTEMPTS = 3
+# What uvicorn (Airflow 3; it then exits) and gunicorn (Airflow 2, after 5 tries; the `airflow
+# webserver` monitor above it then lingers until its master timeout) log when the port is taken.
+_PORT_CLASH_MARKERS = ("error while attempting to bind on address", "can't connect to (")
 
 # Repo root, so the plugin under test is importable in every Airflow process without a pip install.
 _REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -55,6 +77,69 @@ class AirflowStandaloneError(RuntimeError):
     """Raised when an Airflow component dies, an API call fails or a wait times out."""
 
 
+@dataclass(frozen=True)
+class AirflowLine:
+    """The installed Airflow release and everything the harness does differently for it."""
+
+    version: str
+    major: int
+    minor: int
+
+    @classmethod
+    def parse(cls, version: str) -> AirflowLine:
+        """Build from a version string such as '2.10.3', '3.3.2' or '3.1.0rc1'."""
+        match = re.match(r"(\d+)\.(\d+)", version)
+        if match is None:
+            raise AirflowStandaloneError(f"cannot tell the Airflow line from version {version!r}")
+        line = cls(version=version, major=int(match.group(1)), minor=int(match.group(2)))
+        if (line.major, line.minor) < (2, 10) or line.major > 3:
+            raise AirflowStandaloneError(f"Airflow {version} is not supported by the harness (2.10+ and 3.x are)")
+        return line
+
+    @classmethod
+    def detect(cls, airflow_bin: str) -> AirflowLine:
+        """Read the version of the Airflow installed next to `airflow_bin` (the one place that decides)."""
+        return cls.parse(_airflow_version(airflow_bin))
+
+    @property
+    def is_airflow2(self) -> bool:
+        """True on 2.10/2.11: webserver, no dag processor, SequentialExecutor, FAB basic auth."""
+        return self.major == 2
+
+    @property
+    def api_prefix(self) -> str:
+        """The stable REST API's path prefix."""
+        return "/api/v1" if self.is_airflow2 else "/api/v2"
+
+    @property
+    def health_path(self) -> str:
+        """The unauthenticated health endpoint listing component heartbeats."""
+        return f"{self.api_prefix}/health" if self.is_airflow2 else "/api/v2/monitor/health"
+
+    @property
+    def api_component(self) -> str:
+        """Name of the component serving the REST API (and, on 3.x, the Execution API)."""
+        return "webserver" if self.is_airflow2 else "api-server"
+
+    def components(self, triggerer: bool) -> list[tuple[str, list[str]]]:
+        """(name, `airflow` arguments) of every long-running component, in start order."""
+        # --skip-serve-logs: the log server binds 0.0.0.0 on a fixed port (8793/8794) which would
+        # clash between harnesses; the API server/webserver reads local task log files directly.
+        names: list[tuple[str, list[str]]] = [
+            (self.api_component, ["webserver"] if self.is_airflow2 else ["api-server"]),
+            ("scheduler", ["scheduler", "--skip-serve-logs"]),
+        ]
+        if not self.is_airflow2:
+            names.append(("dag-processor", ["dag-processor"]))  # on 2.x the scheduler parses
+        if triggerer:
+            names.append(("triggerer", ["triggerer", "--skip-serve-logs"]))
+        return names
+
+    def health_components(self, triggerer: bool) -> list[str]:
+        """Keys of the health response that must report `healthy` before the harness is ready."""
+        return ["scheduler"] + ([] if self.is_airflow2 else ["dag_processor"]) + (["triggerer"] if triggerer else [])
+
+
 @dataclass
 class _Component:
     """One long-running Airflow CLI process and its combined stdout/stderr log file."""
@@ -64,6 +149,17 @@ class _Component:
     log_path: Path
     popen: subprocess.Popen[bytes] | None = None
     log_file: IO[bytes] | None = field(default=None, repr=False)
+    # Size of the (append-mode) log when this process started: what it wrote comes after.
+    log_offset: int = 0
+
+    def own_log(self) -> str:
+        """Return what this process (not an earlier one in the same file) has logged."""
+        try:
+            with self.log_path.open("rb") as fh:
+                fh.seek(self.log_offset)
+                return fh.read().decode(errors="replace")
+        except OSError:
+            return ""
 
 
 def _free_port() -> int:
@@ -71,6 +167,23 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _port_is_free(port: int) -> bool:
+    """Return True if nothing listens on (or holds) 127.0.0.1:`port` right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _werkzeug_pbkdf2_hash(password: str, iterations: int = _ADMIN_HASH_ITERATIONS) -> str:
+    """Return `password` hashed as werkzeug's generate_password_hash('pbkdf2:sha256:N') would."""
+    salt = uuid.uuid4().hex[:16]
+    digest = hashlib.pbkdf2_hmac("sha256", password.encode(), salt.encode(), iterations).hex()
+    return f"pbkdf2:sha256:{iterations}${salt}${digest}"
 
 
 def _tail(path: Path, lines: int = 60) -> str:
@@ -114,16 +227,56 @@ def _default_airflow_bin() -> str:
     return found
 
 
-def _airflow_version() -> str:
-    """Return the installed apache-airflow-core version (key for the template DB cache)."""
-    for dist in ("apache-airflow-core", "apache-airflow"):
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            return metadata.version(dist)
-    return "unknown"
+_VERSION_PROBE = """
+from importlib import metadata
+for dist in ("apache-airflow-core", "apache-airflow"):
+    try:
+        print(metadata.version(dist))
+        break
+    except metadata.PackageNotFoundError:
+        pass
+else:
+    print("unknown")
+"""
+
+
+def _interpreter_of(airflow_bin: str) -> str:
+    """Return the Python that runs the `airflow` script `airflow_bin` (its shebang, else its dir's python)."""
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        with open(airflow_bin, "rb") as fh:
+            first = fh.readline(512).decode()
+        if first.startswith("#!"):
+            interpreter = first[2:].strip().split()[0]
+            if os.path.basename(interpreter) != "env" and os.path.exists(interpreter):
+                return interpreter
+    sibling = Path(airflow_bin).parent / "python"
+    return str(sibling) if sibling.exists() else sys.executable
+
+
+def _airflow_version(airflow_bin: str | None = None) -> str:
+    """Return the apache-airflow-core (3.x) or apache-airflow (2.x) version installed for `airflow_bin`.
+
+    Without `airflow_bin`, or when it belongs to the running interpreter, read this environment's
+    metadata; otherwise ask that environment's Python.
+    """
+    interpreter = _interpreter_of(airflow_bin) if airflow_bin else sys.executable
+    if Path(interpreter).absolute().parent == Path(sys.executable).absolute().parent:
+        for dist in ("apache-airflow-core", "apache-airflow"):
+            with contextlib.suppress(metadata.PackageNotFoundError):
+                return metadata.version(dist)
+        return "unknown"
+    proc = subprocess.run(
+        [interpreter, "-c", _VERSION_PROBE], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL
+    )
+    return proc.stdout.strip() or "unknown"
 
 
 class AirflowStandalone:
-    """Throwaway AIRFLOW_HOME plus real `airflow api-server/scheduler/dag-processor/triggerer` processes."""
+    """Throwaway AIRFLOW_HOME plus the real Airflow components of the installed line.
+
+    3.x: `airflow api-server/scheduler/dag-processor/triggerer`; 2.x: `airflow webserver/scheduler/
+    triggerer`. The public methods behave the same on both; `line` says which one runs.
+    """
 
     def __init__(
         self,
@@ -140,10 +293,20 @@ class AirflowStandalone:
         """Write AIRFLOW_HOME/airflow.cfg; nothing is started until start()/__enter__."""
         self.home = Path(home).resolve()
         self.dags_folder = Path(dags_folder).resolve()
+        self.airflow_bin = airflow_bin or _default_airflow_bin()
+        self.line = AirflowLine.detect(self.airflow_bin)
         self.port = _free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
-        self.airflow_bin = airflow_bin or _default_airflow_bin()
         self.timings: dict[str, float] = {}
+        self._parallelism = parallelism
+        # Generated once: they must stay the same if the components are relaunched on a new port
+        # (connections already added with the fernet key, tokens signed with the JWT secret).
+        self._secrets = {
+            "fernet_key": base64.urlsafe_b64encode(os.urandom(32)).decode(),
+            # 64 bytes: shorter keys make every JWT decode log an InsecureKeyLengthWarning.
+            "jwt_secret": base64.b64encode(os.urandom(64)).decode(),
+            "secret_key": base64.b64encode(os.urandom(16)).decode(),
+        }
         self._triggerer = triggerer
         self._caller_config = dict(config or {})
         self._reuse_db_template = reuse_db_template
@@ -151,6 +314,8 @@ class AirflowStandalone:
         self._marker_fd: int | None = None
         self._components: dict[str, _Component] = {}
         self._token: str | None = None
+        self._start_attempt = 1
+        self._api_listening_confirmed = False
         self.admin_user = "admin"
         self.admin_password = uuid.uuid4().hex
         self._started_at: float | None = None
@@ -161,27 +326,65 @@ class AirflowStandalone:
         self.dags_folder.mkdir(parents=True, exist_ok=True)
         (self.home / "logs").mkdir(exist_ok=True)
         (self.home / "plugins").mkdir(exist_ok=True)
-        self.config = self._build_config(parallelism)
+        self.config = self._build_config()
         self.cfg_path = self.home / "airflow.cfg"
         self._marker_path = self.home / f".harness-{self._marker}"
         self._write_config()
-        pw_file = Path(self.config[("core", "simple_auth_manager_passwords_file")])
-        pw_file.write_text(json.dumps({self.admin_user: self.admin_password}) + "\n")
+        if not self.line.is_airflow2:
+            pw_file = Path(self.config[("core", "simple_auth_manager_passwords_file")])
+            pw_file.write_text(json.dumps({self.admin_user: self.admin_password}) + "\n")
         self.env = self._build_env(env or {})
+
+    @property
+    def api_prefix(self) -> str:
+        """The REST API prefix of this line: '/api/v1' (2.x) or '/api/v2' (3.x)."""
+        return self.line.api_prefix
+
+    @property
+    def api_component(self) -> str:
+        """Name (in component_logs()) of the component serving the REST API."""
+        return self.line.api_component
 
     # ------------------------------------------------------------------ setup
 
-    def _build_config(self, parallelism: int) -> dict[tuple[str, str], str]:
-        """Return the full (section, key) -> value config: harness defaults, then caller overrides."""
+    def _build_config(self) -> dict[tuple[str, str], str]:
+        """Return the full (section, key) -> value config for this line, then caller overrides."""
         home = self.home
-        cfg: dict[tuple[str, str], str] = {
+        parallelism = self._parallelism
+        common: dict[tuple[str, str], str] = {
             ("core", "dags_folder"): str(self.dags_folder),
             ("core", "plugins_folder"): str(home / "plugins"),
-            ("core", "executor"): "LocalExecutor",
             ("core", "load_examples"): "False",
-            # LocalExecutor forks `parallelism` workers up front; 2 cores do not need 32 of them.
             ("core", "parallelism"): str(parallelism),
             ("core", "max_active_tasks_per_dag"): str(parallelism),
+            # Secrets must be identical in every process (the CLI included): left unset, each would
+            # generate its own random one and could not read what another encrypted or signed.
+            ("core", "fernet_key"): self._secrets["fernet_key"],
+            ("core", "hostname_callable"): "socket.gethostname",
+            # Re-serialize edited DAG files promptly instead of after 30 s.
+            ("core", "min_serialized_dag_update_interval"): "1",
+            ("database", "sql_alchemy_conn"): f"sqlite:///{home / 'airflow.db'}",
+            # Scheduler: idle loop every 0.2 s (default 1 s): a triggered 2-task run takes ~1.2 s instead
+            # of ~3 s, for ~6 % of one core while idle.
+            ("scheduler", "scheduler_idle_sleep_time"): "0.2",
+            ("scheduler", "enable_health_check"): "False",
+            ("logging", "base_log_folder"): str(home / "logs"),
+            ("logging", "colored_console_log"): "False",
+        }
+        cfg = {**common, **(self._airflow2_config() if self.line.is_airflow2 else self._airflow3_config())}
+        cfg.update(self._caller_config)
+        return cfg
+
+    def _airflow3_config(self) -> dict[tuple[str, str], str]:
+        """Airflow 3.0-3.3: api-server, LocalExecutor, SimpleAuthManager, a separate dag processor.
+
+        Every key below exists under this name from 3.0.0 to 3.3 (checked against each release's
+        config.yml); a key a release does not know would be ignored, not rejected.
+        """
+        home = self.home
+        return {
+            # LocalExecutor forks `parallelism` workers up front; 2 cores do not need 32 of them.
+            ("core", "executor"): "LocalExecutor",
             # Auth: SimpleAuthManager with one admin whose password we pre-write, so the harness
             # logs in via POST /auth/token. Not `simple_auth_manager_all_admins`: its middleware
             # appends a UI-audience Authorization header to *every* request, Execution API
@@ -190,26 +393,15 @@ class AirflowStandalone:
             ("core", "simple_auth_manager_all_admins"): "False",
             ("core", "simple_auth_manager_users"): f"{self.admin_user}:admin",
             ("core", "simple_auth_manager_passwords_file"): str(home / "simple_auth_manager_passwords.json"),
-            # Secrets must be identical in every process: the scheduler signs task JWTs which the
-            # API server validates. Left unset, each process would generate its own random one.
-            ("core", "fernet_key"): base64.urlsafe_b64encode(os.urandom(32)).decode(),
-            # 64 bytes: shorter keys make every JWT decode log an InsecureKeyLengthWarning.
-            ("api_auth", "jwt_secret"): base64.b64encode(os.urandom(64)).decode(),
-            ("api", "secret_key"): base64.b64encode(os.urandom(16)).decode(),
+            # The scheduler signs task JWTs which the API server validates: one secret for all.
+            ("api_auth", "jwt_secret"): self._secrets["jwt_secret"],
+            ("api", "secret_key"): self._secrets["secret_key"],
             # Tasks talk to the API server; default is http://localhost:8080, wrong port and maybe ::1.
             ("core", "execution_api_server_url"): f"{self.base_url}/execution/",
-            ("core", "hostname_callable"): "socket.gethostname",
-            # Re-serialize edited DAG files promptly instead of after 30 s.
-            ("core", "min_serialized_dag_update_interval"): "1",
-            ("database", "sql_alchemy_conn"): f"sqlite:///{home / 'airflow.db'}",
             ("api", "host"): "127.0.0.1",
             ("api", "port"): str(self.port),
             ("api", "base_url"): self.base_url,
             ("api", "workers"): "1",
-            # Scheduler: idle loop every 0.2 s (default 1 s): a triggered 2-task run takes ~1.2 s instead
-            # of ~3 s, for ~6 % of one core while idle.
-            ("scheduler", "scheduler_idle_sleep_time"): "0.2",
-            ("scheduler", "enable_health_check"): "False",
             # The task supervisor's select() loop only re-checks for its exited child every
             # min_heartbeat_interval s (default 5) once the sockets hit EOF, so each finished task
             # keeps its LocalExecutor worker (and an executor slot) busy ~5 s and delays stop().
@@ -219,12 +411,39 @@ class AirflowStandalone:
             ("dag_processor", "bundle_refresh_check_interval"): "1",
             ("dag_processor", "parsing_processes"): "1",
             ("dag_processor", "print_stats_interval"): "0",
-            ("logging", "base_log_folder"): str(home / "logs"),
             ("logging", "dag_processor_child_process_log_directory"): str(home / "logs" / "dag_processor"),
-            ("logging", "colored_console_log"): "False",
         }
-        cfg.update(self._caller_config)
-        return cfg
+
+    def _airflow2_config(self) -> dict[tuple[str, str], str]:
+        """Airflow 2.10/2.11: webserver with FAB basic auth, SequentialExecutor, the scheduler parses."""
+        home = self.home
+        return {
+            # What `airflow standalone` runs with sqlite; 2.x refuses LocalExecutor on sqlite.
+            ("core", "executor"): "SequentialExecutor",
+            # The REST API (/api/v1) with HTTP basic auth against the FAB user the harness creates.
+            ("api", "auth_backends"): _FAB_BASIC_AUTH,
+            ("webserver", "web_server_host"): "127.0.0.1",
+            ("webserver", "web_server_port"): str(self.port),
+            ("webserver", "base_url"): self.base_url,
+            ("webserver", "workers"): "1",
+            ("webserver", "secret_key"): self._secrets["secret_key"],
+            # gunicorn loads the whole Flask app before binding; on 2 busy cores that can exceed
+            # the default 120 s master / worker timeouts.
+            ("webserver", "web_server_master_timeout"): "300",
+            ("webserver", "web_server_worker_timeout"): "300",
+            ("webserver", "warn_deployment_exposure"): "False",
+            # No ~50 example connections in every new DB.
+            ("database", "load_default_connections"): "False",
+            # DAG parsing runs inside the scheduler: list the folder every 2 s (default 300 s).
+            ("scheduler", "dag_dir_list_interval"): "2",
+            ("scheduler", "parsing_processes"): "1",
+            ("scheduler", "print_stats_interval"): "0",
+            ("scheduler", "standalone_dag_processor"): "False",
+            ("scheduler", "child_process_log_directory"): str(home / "logs" / "scheduler"),
+            ("logging", "dag_processor_manager_log_location"): str(
+                home / "logs" / "dag_processor_manager" / "dag_processor_manager.log"
+            ),
+        }
 
     def _write_config(self) -> None:
         """Write self.config to AIRFLOW_HOME/airflow.cfg."""
@@ -273,10 +492,10 @@ class AirflowStandalone:
             stale.unlink(missing_ok=True)
         conn = self.config[("database", "sql_alchemy_conn")]
         if not self._reuse_db_template or conn != f"sqlite:///{db_path}":
-            self.run_cli("db", "migrate", timeout=300)
+            self._migrate_db()
             return
         key_src = json.dumps(
-            [_airflow_version(), self.airflow_bin]
+            [self.line.version, self.airflow_bin]
             + sorted(
                 [s, k, v]
                 for (s, k), v in self.config.items()
@@ -291,7 +510,7 @@ class AirflowStandalone:
         with (cache_dir / ".lock").open("w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if not template.exists():
-                self.run_cli("db", "migrate", timeout=300)
+                self._migrate_db()
                 # Airflow runs sqlite in WAL mode: fold the -wal file in so one file is a full copy.
                 with contextlib.closing(sqlite3.connect(db_path)) as db:
                     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -300,6 +519,27 @@ class AirflowStandalone:
                 os.replace(tmp, template)
                 return
         shutil.copyfile(template, db_path)
+        if self.line.is_airflow2:
+            # The template's admin has the template's password: give it this instance's own.
+            with contextlib.closing(sqlite3.connect(db_path)) as db, db:
+                updated = db.execute(
+                    "UPDATE ab_user SET password = ? WHERE username = ?",
+                    (_werkzeug_pbkdf2_hash(self.admin_password), self.admin_user),
+                ).rowcount
+            if updated != 1:
+                raise AirflowStandaloneError(f"template DB {template} has no FAB user {self.admin_user!r}")
+
+    def _migrate_db(self) -> None:
+        """Create the schema; on 2.x also the FAB admin user the REST API's basic auth checks."""
+        self.run_cli("db", "migrate", timeout=300)
+        if self.line.is_airflow2:
+            # Also creates FAB's roles and permissions (Admin included) on first use.
+            self.run_cli(
+                "users", "create", "--username", self.admin_user, "--password", self.admin_password,
+                "--role", "Admin", "--firstname", "Harness", "--lastname", "Admin",
+                "--email", "admin@example.invalid",
+                timeout=300,
+            )  # fmt: skip
 
     # -------------------------------------------------------------- lifecycle
 
@@ -315,18 +555,22 @@ class AirflowStandalone:
         t0 = time.monotonic()
         self._init_db()
         self.timings["db_init"] = time.monotonic() - t0
-        names: list[tuple[str, list[str]]] = [
-            ("api-server", ["api-server"]),
-            # --skip-serve-logs: the log server binds 0.0.0.0 on a fixed port (8793/8794) which
-            # would clash between harnesses; the API server reads local task log files directly.
-            ("scheduler", ["scheduler", "--skip-serve-logs"]),
-            ("dag-processor", ["dag-processor"]),
-        ]
-        if self._triggerer:
-            names.append(("triggerer", ["triggerer", "--skip-serve-logs"]))
-        for name, args in names:
+        self._start_attempt = 1
+        self._launch()
+
+    def _launch(self) -> None:
+        """Start every component; first move to another port if ours was taken meanwhile."""
+        if not _port_is_free(self.port):
+            self._move_to_new_port()
+        if self.line.is_airflow2:
+            # gunicorn refuses to start while its pid file names a live process; a reused home may
+            # hold one from an earlier run whose pid now belongs to something else.
+            for stale in ("airflow-webserver.pid", "airflow-webserver-monitor.pid"):
+                (self.home / stale).unlink(missing_ok=True)
+        for name, args in self.line.components(self._triggerer):
             comp = _Component(name=name, args=args, log_path=self.home / f"{name}.log")
             comp.log_file = comp.log_path.open("ab")
+            comp.log_offset = comp.log_file.tell()
             comp.popen = subprocess.Popen(
                 [self.airflow_bin, *args],
                 env=self.env,
@@ -346,16 +590,28 @@ class AirflowStandalone:
         if not self._components:
             raise AirflowStandaloneError("not started: use `with AirflowStandalone(...)` or call start()")
         deadline = time.monotonic() + timeout
-        wanted = ["scheduler", "dag_processor"] + (["triggerer"] if self._triggerer else [])
-        warmed = False
+        wanted = self.line.health_components(self._triggerer)
+        # 3.x only: 2.x has no Execution API to warm up.
+        warmed = self.line.is_airflow2
         last: Any = None
         while time.monotonic() < deadline:
+            if self._retry_on_port_clash():
+                continue
             self._check_alive()
+            if not self._api_listening():
+                # Until our own server holds the port, whatever answers there is someone else's
+                # (e.g. another harness that took the port first): never take its health for ours.
+                last = f"{self.api_component} not listening on port {self.port} yet"
+                time.sleep(0.25)
+                continue
             try:
-                last = self._request("GET", "/api/v2/monitor/health", auth=False)
+                last = self._request("GET", self.line.health_path, auth=False)
             except (OSError, AirflowStandaloneError) as exc:
                 last = exc
             else:
+                if not isinstance(last, dict):
+                    time.sleep(0.25)
+                    continue
                 if not warmed:
                     # The Execution API sub-app initialises lazily on its first request (1-2.5 s of
                     # CPU); pay that now, while the other components may still be starting, rather
@@ -372,6 +628,69 @@ class AirflowStandalone:
             time.sleep(0.25)
         raise AirflowStandaloneError(f"Airflow not ready after {timeout}s; last health: {last!r}\n{self._diag()}")
 
+    def _retry_on_port_clash(self) -> bool:
+        """If the API component died because its port was taken, relaunch everything on a new port.
+
+        Every component gets the new port (tasks reach the Execution API through the scheduler's
+        and triggerer's config), so all of them restart; the DB and its contents stay. Returns True
+        if it relaunched; raises once _START_ATTEMPTS launches have clashed (or the port is pinned).
+        """
+        comp = self._components.get(self.line.api_component)
+        if comp is None or comp.popen is None or self._api_listening_confirmed:
+            return False
+        text = comp.own_log().lower()
+        if not any(marker in text for marker in _PORT_CLASH_MARKERS):
+            return False
+        pinned = {("api", "port"), ("webserver", "web_server_port")} & set(self._caller_config)
+        if self._start_attempt >= _START_ATTEMPTS or pinned:
+            raise AirflowStandaloneError(
+                f"{comp.name} could not bind 127.0.0.1:{self.port} (attempt {self._start_attempt}); "
+                f"tail of {comp.log_path}:\n{_tail(comp.log_path)}"
+            )
+        old_port = self.port
+        log_paths = [c.log_path for c in self._components.values()]
+        self._terminate_components()
+        self._components.clear()
+        self._start_attempt += 1
+        self._api_listening_confirmed = False
+        self._move_to_new_port()
+        for path in log_paths:
+            with contextlib.suppress(OSError), path.open("a") as fh:
+                fh.write(f"\n--- harness: port {old_port} was taken; relaunching on port {self.port} ---\n")
+        self._launch()
+        return True
+
+    def _api_listening(self) -> bool:
+        """Return True once a process of our API component listens on self.port (then remembered)."""
+        if self._api_listening_confirmed:
+            return True
+        comp = self._components.get(self.line.api_component)
+        if comp is None or comp.popen is None:
+            return False
+        try:
+            root = psutil.Process(comp.popen.pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return False
+        for proc in procs:
+            try:
+                # psutil >= 6 renamed connections() to net_connections().
+                conns = getattr(proc, "net_connections", proc.connections)(kind="tcp")
+            except psutil.Error:
+                continue
+            if any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == self.port for c in conns):
+                self._api_listening_confirmed = True
+                return True
+        return False
+
+    def _move_to_new_port(self) -> None:
+        """Pick another free port and rewrite airflow.cfg for it (secrets and DB stay as they are)."""
+        self.port = _free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.config = self._build_config()
+        self._write_config()
+        self._token = None
+
     def stop(self, grace: float = 3.0) -> None:
         """Terminate every process we started (whole trees, incl. escaped task runners); idempotent."""
         if self._stopped:
@@ -379,6 +698,16 @@ class AirflowStandalone:
         self._stopped = True
         t_stop = time.monotonic()
         atexit.unregister(self.stop)
+        self._terminate_components(grace)
+        if self._marker_fd is not None:
+            os.close(self._marker_fd)
+            self._marker_fd = None
+        self._marker_path.unlink(missing_ok=True)
+        if self._started_at is not None:
+            self.timings["stop"] = time.monotonic() - t_stop
+
+    def _terminate_components(self, grace: float = 3.0) -> None:
+        """Terminate every process we started and close the component logs (the marker stays)."""
         # Snapshot the trees *before* signalling: once a parent dies its children are reparented
         # and no longer reachable via children().
         # Task runners get their own process group (Airflow calls setpgid), so killpg alone misses them.
@@ -386,9 +715,9 @@ class AirflowStandalone:
         for comp in self._components.values():
             if comp.popen is None or comp.popen.poll() is not None:
                 continue
-            if comp.name == "api-server":
+            if comp.name == self.line.api_component:
                 # Nothing to flush, and after uvicorn's 0.2 s shutdown CPython spends ~5 s of CPU
-                # finalising the FastAPI app: kill it outright.
+                # finalising the FastAPI app (2.x: gunicorn waits for its workers): kill it outright.
                 self._killpg(comp, signal.SIGKILL)
             else:
                 # SIGTERM the component's main process only, as `airflow standalone` does. Signalling
@@ -422,12 +751,6 @@ class AirflowStandalone:
                     comp.popen.wait(timeout=grace)  # reap, so no zombies stay behind
             if comp.log_file is not None:
                 comp.log_file.close()
-        if self._marker_fd is not None:
-            os.close(self._marker_fd)
-            self._marker_fd = None
-        self._marker_path.unlink(missing_ok=True)
-        if self._started_at is not None:
-            self.timings["stop"] = time.monotonic() - t_stop
 
     @staticmethod
     def _killpg(comp: _Component, sig: signal.Signals) -> None:
@@ -485,7 +808,7 @@ class AirflowStandalone:
         errors_seen_at: float | None = None
         while True:
             self._check_alive()
-            status, _ = self._request_status("GET", f"/api/v2/dags/{quoted}")
+            status, _ = self._request_status("GET", f"{self.api_prefix}/dags/{quoted}")
             if status == 200:
                 break
             if status == 401:
@@ -500,15 +823,20 @@ class AirflowStandalone:
             if time.monotonic() > deadline:
                 raise AirflowStandaloneError(f"DAG {dag_id!r} not parsed after {timeout}s\n{self._diag()}")
             time.sleep(0.25)
-        self._request("PATCH", f"/api/v2/dags/{quoted}", {"is_paused": False})
-        body = {"logical_date": None, "conf": dict(conf or {})}
-        run = self._request("POST", f"/api/v2/dags/{quoted}/dagRuns", body)
+        self._request("PATCH", f"{self.api_prefix}/dags/{quoted}", {"is_paused": False})
+        body: dict[str, Any] = {"conf": dict(conf or {})}
+        if not self.line.is_airflow2:
+            body["logical_date"] = None  # 3.x: required, and null means "no logical date"
+        run = self._request("POST", f"{self.api_prefix}/dags/{quoted}/dagRuns", body)
         return str(run["dag_run_id"])
 
     def wait_for_run(self, dag_id: str, run_id: str, timeout: float = 120.0) -> str:
         """Poll until the DAG run is success/failed and return that state."""
         deadline = time.monotonic() + timeout
-        path = f"/api/v2/dags/{urllib.parse.quote(dag_id, safe='')}/dagRuns/{urllib.parse.quote(run_id, safe='')}"
+        path = (
+            f"{self.api_prefix}/dags/{urllib.parse.quote(dag_id, safe='')}"
+            f"/dagRuns/{urllib.parse.quote(run_id, safe='')}"
+        )
         state = None
         while time.monotonic() < deadline:
             self._check_alive()
@@ -535,18 +863,20 @@ class AirflowStandalone:
         # draining the task's sockets for up to [workers] min_heartbeat_interval after the state
         # turned final, so a just-finished run may still lack its last lines. While it works, the
         # supervisor's (and task process's) title contains the TI id: wait for those to go.
-        done_ids = [
-            str(ti["id"])
+        # On 2.x TIs have no id; `airflow tasks run <dag> <task> <run> --local` and its forked
+        # `airflow task runner: <dag> <task> <run> <job>` name dag, task and run instead.
+        done = [
+            {str(ti["id"])} if "id" in ti else {dag_id, str(ti["task_id"]), run_id}
             for ti in self._task_instances(dag_id, run_id)
             if ti.get("state") not in (None, "scheduled", "queued", "running", "deferred", "restarting")
         ]
         deadline = time.monotonic() + settle_timeout
-        while done_ids and time.monotonic() < deadline:
-            titles = []
+        while done and time.monotonic() < deadline:
+            titles: list[set[str]] = []
             for proc in self.running_processes():
                 with contextlib.suppress(psutil.Error):
-                    titles.append(" ".join(proc.cmdline()))
-            if not any(ti_id in title for ti_id in done_ids for title in titles):
+                    titles.append(set(" ".join(proc.cmdline()).split()))
+            if not any(marks <= words for marks in done for words in titles):
                 break
             time.sleep(0.1)
         logs = self.home / "logs"
@@ -586,7 +916,7 @@ class AirflowStandalone:
     def _task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
         """Return the REST API task-instance records of one run (all pages)."""
         path = (
-            f"/api/v2/dags/{urllib.parse.quote(dag_id, safe='')}"
+            f"{self.api_prefix}/dags/{urllib.parse.quote(dag_id, safe='')}"
             f"/dagRuns/{urllib.parse.quote(run_id, safe='')}/taskInstances"
         )
         tis: list[dict[str, Any]] = []
@@ -600,13 +930,17 @@ class AirflowStandalone:
     def _import_errors(self) -> str:
         """Return the current DAG import errors as text ('' if none)."""
         try:
-            data = self._request("GET", "/api/v2/importErrors")
+            data = self._request("GET", f"{self.api_prefix}/importErrors")
         except AirflowStandaloneError:
             return ""
         return "\n".join(f"{e.get('filename')}: {e.get('stack_trace')}" for e in data.get("import_errors", []))
 
+    def api_request(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
+        """Call the REST API as the admin (path includes the prefix, see `api_prefix`); return the JSON."""
+        return self._request(method, path, body)
+
     def _get_token(self) -> str:
-        """Log in as the admin user and return the API JWT."""
+        """Log in as the admin user and return the API JWT (3.x)."""
         body = {"username": self.admin_user, "password": self.admin_password}
         data = self._request("POST", "/auth/token", body, auth=False)
         return str(data["access_token"])
@@ -620,7 +954,10 @@ class AirflowStandalone:
         if body is not None:
             data = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
-        if auth:
+        if auth and self.line.is_airflow2:
+            basic = base64.b64encode(f"{self.admin_user}:{self.admin_password}".encode()).decode()
+            headers["Authorization"] = f"Basic {basic}"
+        elif auth:
             if self._token is None:
                 self._token = self._get_token()
             headers["Authorization"] = f"Bearer {self._token}"

@@ -1,4 +1,8 @@
-"""End-to-end check of the AirflowStandalone harness: real scheduler, API server, dag processor, tasks."""
+"""End-to-end check of the AirflowStandalone harness: real scheduler, API server/webserver, tasks.
+
+Runs on every Airflow line the harness supports (3.x: api-server, dag-processor, LocalExecutor;
+2.x: webserver, SequentialExecutor, the scheduler parses).
+"""
 
 from __future__ import annotations
 
@@ -24,7 +28,14 @@ DAG_SOURCE = textwrap.dedent(
 
     import os
 
-    from airflow.sdk import BaseHook, dag, task
+    try:  # Airflow 3.1+
+        from airflow.sdk import BaseHook
+    except ImportError:  # 2.x, 3.0
+        from airflow.hooks.base import BaseHook
+    try:  # Airflow 3
+        from airflow.sdk import dag, task
+    except ImportError:  # 2.x
+        from airflow.decorators import dag, task
 
 
     @dag(dag_id="{DAG_ID}", schedule=None, catchup=False)
@@ -97,12 +108,14 @@ def test_standalone_runs_a_dag_that_reads_a_connection(tmp_path: Path) -> None:
     t_stopped = time.monotonic()
 
     # Nothing we started survives stop(): no component, no LocalExecutor worker, no task runner.
-    assert len(running) >= 4, running  # sanity: the sweep did see the live components
+    # (sanity: the sweep did see the live components: 4 on 3.x, 3 on 2.x where the scheduler parses)
+    assert len(running) >= len(af.component_logs()) >= (3 if af.line.is_airflow2 else 4), running
     assert not [p for p in running if _alive(p)]
     assert not af.running_processes()
 
     context_line = next(line for line in read_log.splitlines() if "TASK_PROCESS_CONTEXT=" in line)
     report = {
+        "airflow": af.line.version,
         "db_init_s": round(af.timings["db_init"], 2),
         "stop_s_internal": round(af.timings["stop"], 2),
         "start_to_ready_s": round(af.timings["ready"], 2),
