@@ -119,6 +119,16 @@ def _configured_backend() -> ConfiguredBackend:
     return ConfiguredBackend(SecretsManagerRefsBackend(), configured, note)
 
 
+def _safe_reason(exc: BaseException) -> str:
+    """Why a source could not be read, without anything the error quotes from the stored value."""
+    text = str(exc)
+    if "Invalid connection string" in text or "connection string" in text.lower():
+        return f"{type(exc).__name__}: the stored connection is not a valid URI"
+    if "json" in type(exc).__name__.lower() or "JSON" in text:
+        return f"{type(exc).__name__}: the stored connection is not valid JSON"
+    return type(exc).__name__
+
+
 def _one_line(exc: BaseException, limit: int = 300) -> str:
     # A database error carries the driver's own error as ``orig``; its SQL is noise here.
     text = " ".join(str(getattr(exc, "orig", None) or exc).split())
@@ -184,7 +194,9 @@ def _find_connection(conn_id: str, sources: list[tuple[str, Any]]) -> tuple[Any 
         except SecretReferenceError:
             raise
         except Exception as exc:
-            problems.append(f"{name} not readable ({_one_line(exc, 160)})")
+            # Not the message: a backend's error can quote the stored value
+            # ("Invalid connection string: postgres://user:<password>@...").
+            problems.append(f"{name} not readable ({_safe_reason(exc)})")
             continue
         if conn is not None:
             return conn, problems

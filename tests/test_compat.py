@@ -137,6 +137,22 @@ class TestFailsClosedThroughAirflow:
         assert raised.value.conn_id == "typo" and raised.value.field == "password"
         assert REF.strip("{}") in str(raised.value) and "'retry'" in str(raised.value)
 
+    def test_pathologically_nested_secret_fails_closed(self, backend_configured: AwsStandIn, monkeypatch: pytest.MonkeyPatch) -> None:
+        """json.loads raises RecursionError on a deeply nested secret: still our error, never a fall-through.
+
+        moto cannot serve such a secret, so the one fetch returns it directly.
+        """
+        from airflow_sm_refs import resolver
+        from airflow_sm_refs.fetch import SecretPayload
+
+        depth = 5_000  # past Python's recursion limit, within the 64 KiB a secret may hold
+        deep = SecretPayload("arn:aws:secretsmanager:us-east-1:123456789012:secret:compat/deep-AbCdEf", "v1", '{"k": ' + "[" * depth + "]" * depth + "}", None)
+        monkeypatch.setattr(resolver, "fetch_secret", lambda clients, ref: deep)
+        set_conn(monkeypatch, "deep", {"conn_type": "postgres", "password": "{{workato:sm:k:compat/deep}}"})
+        with lookup_fails(SecretFetchError, match="RecursionError") as raised:
+            get_connection("deep")
+        assert (raised.value.conn_id, raised.value.field) == ("deep", "password")
+
     def test_server_process_gets_an_ordinary_error(self, aws: AwsStandIn, monkeypatch: pytest.MonkeyPatch) -> None:
         """resolve_on_server in an API server: never a BaseException there, whatever the line."""
         backend = SecretsManagerRefsBackend(region_name="us-east-1", endpoint_url=aws.endpoint_url, resolve_on_server=True)
@@ -211,6 +227,25 @@ class TestTriggers:
         conn = asyncio.run(backend.aget_connection("trig_mask"))  # warm: expanded in the loop
         assert conn.password == "Loop-Masked-Value-5521"
         assert str(redact("x Loop-Masked-Value-5521 y")) == "x *** y"
+
+
+class TestCheckCommand:
+    def test_invalid_stored_uri_is_reported_without_its_password(self, aws: AwsStandIn, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Airflow's own error quotes the whole URI, password included; `check` must not echo it."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW__SECRETS__", "AIRFLOW_CONN_"))}
+        env.update(
+            AIRFLOW__SECRETS__BACKEND=BACKEND,
+            AIRFLOW__SECRETS__BACKEND_KWARGS=json.dumps({"region_name": "us-east-1", "endpoint_url": aws.endpoint_url}),
+            AIRFLOW__CORE__FERNET_KEY="pVgqJ9pNwYTHx4vuxvyQmx6tZiZR_8ZxMLcwHF0aZxQ=",
+            AIRFLOW_CONN_BROKEN_URI="postgres://admin:Literal-Pa55word-In-Uri@h://x://y://z",
+        )
+        done = subprocess.run(
+            [sys.executable, "-m", "airflow_sm_refs.cli", "check", "broken_uri"], env=env, capture_output=True, text=True, timeout=180
+        )
+        output = done.stdout + done.stderr
+        assert done.returncode == 1, output[-2000:]
+        assert "broken_uri" in output and "not readable" in output, output[-2000:]
+        assert "Literal-Pa55word-In-Uri" not in output
 
 
 class TestAirflowCli:
