@@ -274,6 +274,8 @@ class SecretsManagerRefsBackend(BaseSecretsBackend):
             return _RESOLVE
         if role is ProcessRole.PARSER:
             return _RESOLVE if self.resolve_at_parse_time else _REFUSE
+        if role is ProcessRole.CLI:  # `airflow connections get` must never print a value
+            return _STEP_ASIDE
         return _RESOLVE if self.resolve_on_server else _STEP_ASIDE
 
     def _steps_aside(self) -> bool:

@@ -163,6 +163,14 @@ class TestFailsClosedThroughAirflow:
             backend.get_connection("srv")
 
 
+def test_airflow_cli_steps_aside_even_with_resolve_on_server(aws: AwsStandIn, monkeypatch: pytest.MonkeyPatch) -> None:
+    backend = SecretsManagerRefsBackend(region_name="us-east-1", endpoint_url=aws.endpoint_url, resolve_on_server=True)
+    set_conn(monkeypatch, "cli_conn", {"conn_type": "postgres", "password": REF})
+    monkeypatch.setattr(sys, "argv", _airflow("connections", "get", "cli_conn"))
+    assert backend.get_connection("cli_conn") is None
+    assert aws.calls() == 0
+
+
 class TestTriggers:
     def test_aget_connection_cold_then_warm_in_the_loop(self, backend_configured: AwsStandIn, monkeypatch: pytest.MonkeyPatch) -> None:
         from airflow_sm_refs.resolver import SecretResolver
