@@ -186,6 +186,10 @@ class SecretsManagerRefsBackend(BaseSecretsBackend):
         Secrets are written there: name a RAM-backed filesystem.
     :param shared_cache_max_entries: most entries in the shared cache directory; the oldest
         fetched are evicted first. Default 1000.
+    :param negative_cache_seconds: how long a not-found or denied answer is remembered, in the
+        process and the per-worker cache: lookups of that reference within it fail the same way
+        without an AWS call. It only remembers failures, so it never delays a revocation; it may
+        delay a fix (a secret created, access granted) by as long. ``0``: never. Default 10.
     :param allowed_secrets: glob patterns of the secrets references may name: name patterns
         (``prod/*``) for plain names, ARN patterns (``arn:aws:secretsmanager:*:123456789012:secret:prod/*``)
         for ARNs. ``None``: any secret the worker's AWS identity can read (set it).
@@ -219,6 +223,7 @@ class SecretsManagerRefsBackend(BaseSecretsBackend):
         shared_cache: bool = True,
         shared_cache_dir: str | None = None,
         shared_cache_max_entries: int = 1000,
+        negative_cache_seconds: float = 10,
         allowed_secrets: list[str] | None = None,
         allowed_conn_ids: list[str] | None = None,
         allowed_variables: list[str] | None = None,
@@ -252,6 +257,7 @@ class SecretsManagerRefsBackend(BaseSecretsBackend):
             parse_bool(shared_cache, "shared_cache"),
             parse_str(shared_cache_dir, "shared_cache_dir"),
             parse_int(shared_cache_max_entries, "shared_cache_max_entries"),
+            parse_number(negative_cache_seconds, "negative_cache_seconds"),
         )
         self.resolve_on_server = parse_bool(resolve_on_server, "resolve_on_server")
         self.resolve_at_parse_time = parse_bool(resolve_at_parse_time, "resolve_at_parse_time")

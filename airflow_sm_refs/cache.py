@@ -128,6 +128,8 @@ class TTLCache(Generic[V]):
         self._lock = threading.Lock()
         self._entries: OrderedDict[Hashable, _Entry[V]] = OrderedDict()
         self._flights: dict[Hashable, _Flight] = {}
+        #: key -> (error, when it was answered): not-found and denied answers, remembered briefly
+        self._failures: dict[Hashable, tuple[BaseException, float]] = {}
         _INSTANCES.add(self)
 
     def _after_fork(self) -> None:
@@ -144,6 +146,31 @@ class TTLCache(Generic[V]):
         """Drop every entry."""
         with self._lock:
             self._entries.clear()
+            self._failures.clear()
+
+    def remember_failure(self, key: Hashable, exc: BaseException, *, age: float = 0.0) -> None:
+        """Remember that loading ``key`` failed with ``exc``, ``age`` seconds ago.
+
+        :meth:`recent_failure` hands out copies of it for as long as the
+        caller's window lasts. A successful load of ``key`` forgets it.
+        """
+        with self._lock:
+            self._failures[key] = (copy_error(exc), self.timer() - max(age, 0.0))
+            while len(self._failures) > self.maxsize:
+                del self._failures[next(iter(self._failures))]
+
+    def recent_failure(self, key: Hashable, window: float) -> BaseException | None:
+        """A copy of the failure remembered for ``key`` if it is less than ``window`` seconds old, else ``None``."""
+        if window <= 0:
+            return None
+        with self._lock:
+            remembered = self._failures.get(key)
+            if remembered is None:
+                return None
+            exc, at = remembered
+            if not at <= self.timer() < at + window:
+                return None
+        return copy_error(exc)
 
     def peek(self, key: Hashable, ttl: float | None = None) -> V | None:
         """The fresh value for ``key``, or ``None``; never loads, never waits for a load.
@@ -236,9 +263,13 @@ class TTLCache(Generic[V]):
                         return CacheResult(entry.value, "stale", exc)
                 self._entries.pop(key, None)
             raise
-        if ttl > 0:
+        if ttl <= 0:
+            with self._lock:
+                self._failures.pop(key, None)
+        else:
             already = max(0.0, age()) if age is not None else 0.0
             with self._lock:
+                self._failures.pop(key, None)
                 entry = _Entry(value, self.timer() - already, self.rand(), ttl)
                 if self._fresh(entry, ttl, entry.fetched_at + already):
                     self._entries[key] = entry

@@ -54,6 +54,8 @@ class SecretsManagerRefsHook(AwsBaseHook):
     :param shared_cache_dir: directory of the per-worker cache, private to the worker's user.
         ``None``: ``/dev/shm/airflow-sm-refs-<uid>`` where ``/dev/shm`` exists, else no shared cache.
     :param shared_cache_max_entries: most entries in that directory, as for the backend. Default 1000.
+    :param negative_cache_seconds: how long a not-found or denied answer is remembered, as for
+        the backend. Default 10.
     :param allowed_secrets: glob patterns of the secrets references may name, as for the backend.
         ``None``: any secret the AWS identity can read.
     :param allowed_conn_ids: glob patterns of the connections whose references are expanded.
@@ -77,6 +79,7 @@ class SecretsManagerRefsHook(AwsBaseHook):
         shared_cache: bool = True,
         shared_cache_dir: str | None = None,
         shared_cache_max_entries: int = 1000,
+        negative_cache_seconds: float = 10,
         allowed_secrets: list[str] | None = None,
         allowed_conn_ids: list[str] | None = None,
         allowed_variables: list[str] | None = None,
@@ -92,6 +95,7 @@ class SecretsManagerRefsHook(AwsBaseHook):
             parse_bool(shared_cache, "shared_cache"),
             parse_str(shared_cache_dir, "shared_cache_dir"),
             parse_int(shared_cache_max_entries, "shared_cache_max_entries"),
+            parse_number(negative_cache_seconds, "negative_cache_seconds"),
         )
         policy = AccessPolicy.from_options(allowed_secrets, allowed_conn_ids, allowed_variables)
         if "region_name" in kwargs:

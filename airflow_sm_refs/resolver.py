@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from airflow_sm_refs._aws import RegionalClients
-from airflow_sm_refs._exceptions import SecretFetchError, SecretKeyError
+from airflow_sm_refs._exceptions import SecretAccessDeniedError, SecretFetchError, SecretKeyError, SecretNotFoundError
 from airflow_sm_refs.cache import TTLCache
 from airflow_sm_refs.fetch import SecretPayload, fetch_secret
 from airflow_sm_refs.reference import SecretReference
@@ -33,6 +33,10 @@ PROCESS_CACHE: TTLCache[SecretPayload] = TTLCache(maxsize=1024)
 
 DEFAULT_CACHE_TTL_SECONDS = 300.0
 DEFAULT_STALE_IF_ERROR_SECONDS = 300.0
+DEFAULT_NEGATIVE_CACHE_SECONDS = 10.0
+
+#: AWS's answers about the secret itself, remembered for ``negative_cache_seconds``
+_NEGATIVE = (SecretNotFoundError, SecretAccessDeniedError)
 
 
 def clear_process_cache() -> None:
@@ -44,11 +48,19 @@ class SharedTier(Protocol):
     """The per-worker tier, as the resolver sees it."""
 
     def get_or_fetch(
-        self, key: tuple[str, ...], fetch: Callable[[], SecretPayload], *, ttl: float, stale_if_error: float
+        self,
+        key: tuple[str, ...],
+        fetch: Callable[[], SecretPayload],
+        *,
+        ttl: float,
+        stale_if_error: float,
+        negative_ttl: float = 0.0,
     ) -> tuple[SecretPayload, str, float]:
         """Return the payload, its source (``aws``, ``worker cache``...) and its age: seconds since it was fetched.
 
-        ``ttl`` and ``stale_if_error`` are the caller's own, applied to the fetch time.
+        ``ttl``, ``stale_if_error`` and ``negative_ttl`` are the caller's own,
+        applied to the fetch time. A remembered not-found or denied answer is
+        raised with its age as ``remembered_age``.
         """
         ...
 
@@ -76,6 +88,8 @@ class SecretResolver:
         AWS fails for a transient reason
     :param cache: the in-process tier (tests inject one with a fake clock)
     :param shared: the per-worker tier, or ``None`` when it is off
+    :param negative_cache_seconds: how long a not-found or denied answer is raised again without
+        asking AWS. 0 (the default here; :class:`CacheSettings` gives the backend and hook 10): never
     """
 
     clients: RegionalClients
@@ -83,6 +97,7 @@ class SecretResolver:
     stale_if_error_seconds: float = DEFAULT_STALE_IF_ERROR_SECONDS
     cache: TTLCache[SecretPayload] = field(default_factory=lambda: PROCESS_CACHE)
     shared: SharedTier | None = None
+    negative_cache_seconds: float = 0.0
     _local: threading.local = field(default_factory=threading.local, repr=False)
 
     def cache_key(self, ref: SecretReference) -> tuple[str, ...]:
@@ -94,32 +109,48 @@ class SecretResolver:
     def payload(self, ref: SecretReference) -> tuple[SecretPayload, str]:
         """The secret's payload for ``ref`` and where it came from."""
         key = self.cache_key(ref)
+        negative_ttl = self.negative_cache_seconds
+        remembered = self.cache.recent_failure(key, negative_ttl)
+        if remembered is not None:
+            raise remembered
         fetched_from = ["aws"]
         # A value read from the worker tier keeps its fetch time in this tier
-        # too, so it is never served past cache_ttl_seconds from its fetch.
+        # too, so it is never served past cache_ttl_seconds from its fetch;
+        # the same for a not-found or denied answer it remembered.
         age = [0.0]
 
         def load() -> SecretPayload:
             if self.shared is not None:
-                payload, source, fetched_ago = self.shared.get_or_fetch(
-                    key,
-                    lambda: fetch_secret(self.clients, ref),
-                    ttl=self.cache_ttl_seconds,
-                    stale_if_error=self.stale_if_error_seconds,
-                )
+                try:
+                    payload, source, fetched_ago = self.shared.get_or_fetch(
+                        key,
+                        lambda: fetch_secret(self.clients, ref),
+                        ttl=self.cache_ttl_seconds,
+                        stale_if_error=self.stale_if_error_seconds,
+                        negative_ttl=negative_ttl,
+                    )
+                except _NEGATIVE as exc:
+                    age[0] = float(getattr(exc, "remembered_age", 0.0))
+                    raise
                 fetched_from[0] = source
                 age[0] = fetched_ago
                 return payload
             return fetch_secret(self.clients, ref)
 
-        result = self.cache.get_or_load(
-            key,
-            load,
-            ttl=self.cache_ttl_seconds,
-            stale_if_error=self.stale_if_error_seconds,
-            is_transient=_is_transient,
-            age=lambda: age[0],
-        )
+        try:
+            result = self.cache.get_or_load(
+                key,
+                load,
+                ttl=self.cache_ttl_seconds,
+                stale_if_error=self.stale_if_error_seconds,
+                is_transient=_is_transient,
+                age=lambda: age[0],
+            )
+        except _NEGATIVE as exc:
+            if negative_ttl > 0:
+                # Only the failure is remembered, never a value: no revocation waits on it.
+                self.cache.remember_failure(key, exc, age=age[0])
+            raise
         if result.source == "hit":
             return result.value, "process cache"
         if result.source == "stale":
@@ -161,6 +192,8 @@ class CacheSettings:
     :param shared_cache: whether to use the per-worker tier
     :param shared_cache_dir: its directory; ``None``: the default on ``/dev/shm``
     :param shared_cache_max_entries: most entries in that directory; the oldest fetched are evicted first
+    :param negative_cache_seconds: how long a not-found or denied answer is remembered in both tiers
+        (a lookup within it fails the same way with no AWS call); 0: never
     """
 
     cache_ttl_seconds: float = DEFAULT_CACHE_TTL_SECONDS
@@ -168,11 +201,14 @@ class CacheSettings:
     shared_cache: bool = True
     shared_cache_dir: str | None = None
     shared_cache_max_entries: int = 1000
+    negative_cache_seconds: float = DEFAULT_NEGATIVE_CACHE_SECONDS
 
     def __post_init__(self) -> None:
         ttl, stale = float(self.cache_ttl_seconds), float(self.stale_if_error_seconds)
-        if ttl < 0 or stale < 0:
-            raise ValueError("cache_ttl_seconds and stale_if_error_seconds must not be negative")
+        negative = float(self.negative_cache_seconds)
+        if ttl < 0 or stale < 0 or negative < 0:
+            raise ValueError("cache_ttl_seconds, stale_if_error_seconds and negative_cache_seconds must not be negative")
+        object.__setattr__(self, "negative_cache_seconds", negative)
         max_entries = self.shared_cache_max_entries
         if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 1:
             raise ValueError(f"shared_cache_max_entries must be a whole number of at least 1, got {max_entries!r}")
@@ -188,6 +224,7 @@ class CacheSettings:
             clients,
             cache_ttl_seconds=self.cache_ttl_seconds,
             stale_if_error_seconds=self.stale_if_error_seconds,
+            negative_cache_seconds=self.negative_cache_seconds,
             shared=open_worker_cache(
                 self.shared_cache_dir,
                 enabled=self.shared_cache and self.cache_ttl_seconds > 0,

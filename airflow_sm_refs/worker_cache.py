@@ -180,6 +180,7 @@ class WorkerCache:
         *,
         ttl: float,
         stale_if_error: float,
+        negative_ttl: float = 0.0,
     ) -> tuple[SecretPayload, str, float]:
         """Return the payload for ``key``, its source and its age (seconds since it was fetched).
 
@@ -193,6 +194,8 @@ class WorkerCache:
         :param ttl: seconds after its fetch a value is fresh for this caller (up to ``jitter`` less);
             0 bypasses the tier
         :param stale_if_error: seconds past expiry an entry may be served when the fetch fails transiently
+        :param negative_ttl: seconds after AWS answered not-found or denied that the same error is
+            raised again without a call (its ``remembered_age`` says how old the answer is); 0: never
         """
         if ttl <= 0 or self._dir_fd is None:
             return fetch(), "aws", 0.0
@@ -202,12 +205,16 @@ class WorkerCache:
         if seen is not None and seen.is_fresh(now, ttl, self.jitter):
             assert seen.payload is not None
             return seen.payload, "worker cache", now - seen.fetched_at
+        if seen is not None:
+            _raise_if_remembered(seen, now, negative_ttl)
         with self._locked(name, key):
             current = self._read(name, key)
             now = self.timer()
             if current is not None and current.is_fresh(now, ttl, self.jitter):
                 assert current.payload is not None
                 return current.payload, "worker cache", now - current.fetched_at
+            if current is not None:
+                _raise_if_remembered(current, now, negative_ttl)
             if current is not None and current.failure is not None:
                 tried_meanwhile = seen is None or seen.attempt != current.attempt
                 backing_off = now < current.retry_at and current.can_serve_stale(now, ttl, stale_if_error, self.jitter)
@@ -230,6 +237,7 @@ class WorkerCache:
         except SecretFetchError as exc:
             now = self.timer()
             failure = _Failure.of(exc)
+            failed_at = now
             if failure.transient and current is not None and current.can_serve_stale(now, ttl, stale_if_error, self.jitter):
                 marked = replace(
                     current, attempt=_new_attempt(), retry_at=now + self.stale_retry_seconds, failure=failure
@@ -242,9 +250,11 @@ class WorkerCache:
                     # transiently must not let another tier serve an older value stale.
                     failure = current.failure
                     exc = failure.error()
+                    # ...and it stays as old as it is: a throttled retry does not renew the negative window.
+                    failed_at = current.fetched_at
             # The value (if any) is dropped; the error (which holds no value)
             # stays for the processes waiting on this attempt.
-            record = _Entry(key, _new_attempt(), None, fetched_at=now, failure=failure)
+            record = _Entry(key, _new_attempt(), None, fetched_at=failed_at, failure=failure)
             if not self._write(name, record, ttl + stale_if_error) and current is not None:
                 # Could not replace it (a full /dev/shm): the value must go all the same.
                 self._unlink(name + ".entry")
@@ -454,6 +464,24 @@ class WorkerCache:
                 with _HELD_LOCK:
                     _HELD.pop(fd, None)
                 os.close(fd)  # releases the flock
+
+
+#: the failures a worker-cache entry remembers for ``negative_ttl``: AWS said no about the secret itself
+_NEGATIVE_KINDS = frozenset({"SecretNotFoundError", "SecretAccessDeniedError"})
+
+
+def _raise_if_remembered(entry: _Entry, now: float, negative_ttl: float) -> None:
+    """Raise the not-found or denied answer ``entry`` records, if it is less than ``negative_ttl`` old.
+
+    Only a failure is remembered, never a value: a revocation is not delayed.
+    """
+    failure = entry.failure
+    if negative_ttl <= 0 or entry.payload is not None or failure is None or failure.kind not in _NEGATIVE_KINDS:
+        return
+    if entry.fetched_at <= now < entry.fetched_at + negative_ttl:
+        error = failure.error()
+        error.remembered_age = now - entry.fetched_at
+        raise error
 
 
 def _lock_until(fd: int, deadline: float) -> bool:
