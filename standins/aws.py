@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import http.client
 import json
+import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +20,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 FAKE_ACCESS_KEY_ID = "testing"
 FAKE_SECRET_ACCESS_KEY = "testing"  # noqa: S105 - moto accepts any credentials
+
+
+#: values this long are matched anywhere in a text; shorter ones as whole tokens
+SHORT_VALUE = 6
 
 
 @dataclass(frozen=True)
@@ -171,14 +176,43 @@ class AwsStandIn:
         if isinstance(binary, str):  # base64 on the wire, which is also how the plugin hands it out
             values.append(binary)
             values.append(base64.b64decode(binary).decode("latin-1"))
+        # Every non-empty value, short ones too (Airflow's own masker skips
+        # values under 5 characters, so the guard must not rely on it); the
+        # guard matches short ones as whole tokens only (see ``leaked_in``).
         with self._lock:
-            self._served.update(v for v in values if len(v) >= 6)
+            self._served.update(v for v in values if v)
 
     @property
     def served_values(self) -> frozenset[str]:
-        """Every secret value (and JSON value inside one) GetSecretValue has returned since the last reset."""
+        """Every secret value (and JSON value inside one) of 6+ characters GetSecretValue has returned since the last reset."""
+        with self._lock:
+            return frozenset(v for v in self._served if len(v) >= SHORT_VALUE)
+
+    @property
+    def all_served_values(self) -> frozenset[str]:
+        """As :attr:`served_values`, short values included (match those as whole tokens: :meth:`leaked_in`)."""
         with self._lock:
             return frozenset(self._served)
+
+    def leaked_in(self, text: str) -> list[str]:
+        """The served values that appear in ``text`` (for the leak guard; not shown, they are secrets).
+
+        Values of 6 characters or more count wherever they appear. Shorter
+        ones (Airflow's masker ignores values under 5 characters) count as
+        whole tokens only -- not next to a letter, digit, ``_``, ``-``, ``.``
+        or ``/`` -- so that a 3-character password ``abc`` is caught in
+        ``password=abc`` but not inside ``abcdef`` or ``x-abc.json``. One- and
+        two-character values are too common to tell from ordinary text and
+        are not checked.
+        """
+        found = []
+        for value in self.all_served_values:
+            if len(value) >= SHORT_VALUE:
+                if value in text:
+                    found.append(value)
+            elif len(value) >= 3 and re.search(rf"(?<![\w./-]){re.escape(value)}(?![\w./-])", text):
+                found.append(value)
+        return found
 
     # counting ------------------------------------------------------------
     def _record(self, action: str) -> InjectedFault | None:
@@ -192,6 +226,11 @@ class AwsStandIn:
         """How many requests for ``action`` reached the stand-in (including failed ones)."""
         with self._lock:
             return self._calls[action]
+
+    def total_calls(self) -> int:
+        """How many requests of any action reached the stand-in."""
+        with self._lock:
+            return sum(self._calls.values())
 
     def reset_counts(self) -> None:
         """Zero the counters, keeping moto's data."""

@@ -369,10 +369,17 @@ class TestSecretsManagerRefsBackend:
         assert later and not any(isinstance(b, SecretsManagerRefsBackend) for b in later)
         assert backend.get_connection("db").password == "plain"
 
-    def test_init_does_no_aws_work(self, aws: AwsStandIn) -> None:
-        for _ in range(20):
-            SecretsManagerRefsBackend(region_name="us-east-1", endpoint_url="http://127.0.0.1:9")  # nothing listens
-        assert aws.calls() == 0
+    def test_init_does_no_aws_work(self, aws: AwsStandIn, monkeypatch: pytest.MonkeyPatch) -> None:
+        make_secret(aws, "prod/db", DB_SECRET)
+        set_conn(monkeypatch, "db", {"conn_type": "postgres", "password": "{{workato:sm:password:prod/db}}"})
+        aws.reset_counts()
+        backends = [
+            SecretsManagerRefsBackend(region_name="us-east-1", endpoint_url=aws.endpoint_url) for _ in range(20)
+        ]
+        assert sum(aws.calls(action) for action in ("GetSecretValue", "DescribeSecret", "ListSecrets")) == 0
+        # The same backends do reach the stand-in once asked: the count above could have moved.
+        assert backends[0].get_connection("db").password == DB_SECRET["password"]
+        assert aws.calls() == 1
 
     def test_unknown_kwarg_is_a_clear_error(self) -> None:
         with pytest.raises(TypeError, match="cache_tll_seconds"):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 
 import pytest
 
@@ -58,55 +57,88 @@ class TestTTLCache:
         assert cache.get_or_load(1, lambda: 100, ttl=60).value == 100
         assert cache.get_or_load(0, lambda: -1, ttl=60).source == "hit"
 
+    @staticmethod
+    def _all_callers_arrived(callers: int) -> tuple[FakeClock, threading.Event]:
+        """A clock that tells when ``callers`` lookups have checked the cache.
+
+        ``get_or_load`` reads the clock once on entry, under its lock, before
+        it joins or starts a load; the leader's loader waits for every caller
+        to have done so, so all of them really arrive during the one load.
+        """
+        arrived = threading.Event()
+        count = 0
+        count_lock = threading.Lock()
+        base = FakeClock()
+
+        def clock() -> float:
+            nonlocal count
+            with count_lock:
+                count += 1
+                if count >= callers:
+                    arrived.set()
+            return base()
+
+        return clock, arrived  # type: ignore[return-value]
+
     def test_concurrent_misses_make_one_load(self) -> None:
-        cache: TTLCache[str] = TTLCache()
-        calls = 0
-        release = threading.Event()
+        callers = 16
+        clock, arrived = self._all_callers_arrived(callers)
+        cache: TTLCache[str] = TTLCache(timer=clock)
+        loads = 0
+        start = threading.Barrier(callers)
 
         def slow_load() -> str:
-            nonlocal calls
-            calls += 1
-            release.wait(5)
+            nonlocal loads
+            loads += 1
+            assert arrived.wait(10), "not every caller reached the cache during the load"
             return "value"
 
         results: list[str] = []
-        threads = [
-            threading.Thread(target=lambda: results.append(cache.get_or_load("k", slow_load, ttl=60).value))
-            for _ in range(16)
-        ]
+
+        def caller() -> None:
+            start.wait(10)
+            results.append(cache.get_or_load("k", slow_load, ttl=60).value)
+
+        threads = [threading.Thread(target=caller) for _ in range(callers)]
         for t in threads:
             t.start()
-        time.sleep(0.2)
-        release.set()
         for t in threads:
-            t.join(5)
-        assert calls == 1
-        assert results == ["value"] * 16
+            t.join(15)
+        assert arrived.is_set()
+        assert loads == 1
+        assert results == ["value"] * callers
 
     def test_concurrent_waiters_share_the_failure(self) -> None:
-        cache: TTLCache[str] = TTLCache()
-        release = threading.Event()
+        callers = 4
+        clock, arrived = self._all_callers_arrived(callers)
+        cache: TTLCache[str] = TTLCache(timer=clock)
+        loads = 0
+        start = threading.Barrier(callers)
 
         def failing() -> str:
-            release.wait(5)
+            nonlocal loads
+            loads += 1
+            assert arrived.wait(10), "not every caller reached the cache during the load"
             raise SecretNotFoundError("gone")
 
         errors: list[BaseException] = []
 
         def worker() -> None:
+            start.wait(10)
             try:
                 cache.get_or_load("k", failing, ttl=60)
             except SecretNotFoundError as exc:
                 errors.append(exc)
 
-        threads = [threading.Thread(target=worker) for _ in range(4)]
+        threads = [threading.Thread(target=worker) for _ in range(callers)]
         for t in threads:
             t.start()
-        time.sleep(0.1)
-        release.set()
         for t in threads:
-            t.join(5)
-        assert len(errors) == 4
+            t.join(15)
+        assert loads == 1  # one failed load, its error handed to every waiter
+        assert len(errors) == callers
+        assert len({id(e) for e in errors}) == callers  # each waiter its own copy
+        assert len(cache) == 0
 
     def test_stale_value_only_for_transient_errors_within_window(self) -> None:
         clock = FakeClock()

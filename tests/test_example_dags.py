@@ -106,11 +106,22 @@ class TestPostgresExample:
         assert backend_configured.calls() == 1  # login and password: one secret, one fetch
 
     def test_wrong_password_in_the_secret_is_rejected_by_the_server(
-        self, example_dags: Path, postgres: Any, backend_configured: AwsStandIn, monkeypatch: pytest.MonkeyPatch
+        self,
+        example_dags: Path,
+        postgres: Any,
+        backend_configured: AwsStandIn,
+        monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str],
     ) -> None:
         warehouse(backend_configured, monkeypatch, postgres, password="not-the-password")
         run = load_dag(example_dags, "example_postgres_query").test()
         assert run.state == "failed"
+        out = capsys.readouterr()
+        text = out.out + out.err
+        # The server refused the (resolved, wrong) password -- not a lookup error, not any other failure.
+        assert f'password authentication failed for user "{DB_USER}"' in text
+        assert "SecretReferenceError" not in text and "SecretNotFoundError" not in text
+        assert backend_configured.calls() == 1
 
 
 class TestHttpExample:
@@ -151,13 +162,38 @@ class TestDeferrableHttpExample:
             assert (api.requests, api.rejected) == (1, 0)
 
     def test_broken_reference_fails_the_task_and_never_reaches_the_api(
-        self, example_dags: Path, backend_configured: AwsStandIn, monkeypatch: pytest.MonkeyPatch
+        self,
+        example_dags: Path,
+        backend_configured: AwsStandIn,
+        monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str],
     ) -> None:
+        from airflow_sm_refs import SecretNotFoundError
+
+        raised: list[SecretNotFoundError] = []
+        init = SecretNotFoundError.__init__
+
+        def recording_init(self: SecretNotFoundError, *args: Any, **kwargs: Any) -> None:
+            init(self, *args, **kwargs)
+            raised.append(self)
+
+        monkeypatch.setattr(SecretNotFoundError, "__init__", recording_init)
         with BearerTokenApi("deferred-token-7730") as api:
             partner_api_conn(monkeypatch, api)  # partner/api does not exist
             run = load_dag(example_dags, "example_deferrable_http").test()
             assert run.state == "failed"
             assert api.requests == 0, "the raw reference must never be sent as the header"
+        out = capsys.readouterr()
+        text = out.out + out.err
+        # Failed by the lookup: a SecretNotFoundError for this reference, whose
+        # message (connection, field, reference) is what the task failed with ...
+        assert any("workato:sm:token:partner/api" in str(e) for e in raised), "no SecretNotFoundError was raised"
+        assert (
+            "Unexpected error in the operation: connection 'partner_api', field 'extra.Authorization', "
+            "reference 'workato:sm:token:partner/api'" in text
+        )
+        # ... and the raw token was never handed on as a header value.
+        assert "Bearer {{workato" not in text
 
 
 class TestRotationExample:

@@ -228,12 +228,23 @@ class TestWorkerCache:
 
     @pytest.mark.parametrize("outcome", ["value", "not found"])
     def test_a_process_waiting_on_another_ones_fetch_reads_its_outcome(
-        self, cache_dir: Path, clock: FakeClock, outcome: str
+        self, cache_dir: Path, clock: FakeClock, outcome: str, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         leader, waiter = WorkerCache(str(cache_dir), timer=clock), WorkerCache(str(cache_dir), timer=clock)
         release = threading.Event()
+        fetching = threading.Event()
+        waiter_at_lock = threading.Event()
+        lock_until = worker_cache._lock_until
+
+        def watched_lock_until(fd: int, deadline: float) -> bool:
+            if threading.current_thread().name == "waiter":
+                waiter_at_lock.set()
+            return lock_until(fd, deadline)
+
+        monkeypatch.setattr(worker_cache, "_lock_until", watched_lock_until)
 
         def slow_fetch() -> SecretPayload:
+            fetching.set()  # inside the leader's fetch: it holds the entry's lock
             release.wait(10)
             if outcome == "value":
                 return payload(NEW)
@@ -247,14 +258,15 @@ class TestWorkerCache:
             except Exception as exc:  # noqa: BLE001
                 results[name] = exc
 
-        first = threading.Thread(target=run, args=("leader", leader, slow_fetch))
+        first = threading.Thread(target=run, args=("leader", leader, slow_fetch), name="leader")
         first.start()
-        time.sleep(0.2)  # the leader holds the entry's lock, in its fetch
+        assert fetching.wait(10)
         waiter_fetch = Fetcher(payload(OLD))
-        second = threading.Thread(target=run, args=("waiter", waiter, waiter_fetch))
+        second = threading.Thread(target=run, args=("waiter", waiter, waiter_fetch), name="waiter")
         second.start()
-        time.sleep(0.2)
-        assert "waiter" not in results  # waiting on the lock
+        # The waiter has missed and is asking for the lock the leader holds.
+        assert waiter_at_lock.wait(10), "the waiter never asked for the entry's lock"
+        assert "waiter" not in results
         release.set()
         first.join(10)
         second.join(10)
