@@ -626,7 +626,9 @@ class TestAcrossTaskProcesses:
         self, aws: AwsStandIn, task_processes: TaskProcesses, cache_dir: Path, how: str
     ) -> None:
         aws.client().create_secret(Name="prod/db", SecretString=OLD)
-        env = task_env(aws, cache_dir, cache_ttl_seconds=1, stale_if_error_seconds=300)
+        # negative_cache_seconds=0: this test is about the value being dropped;
+        # remembering the failure itself is tests/test_negative_cache.py's subject.
+        env = task_env(aws, cache_dir, cache_ttl_seconds=1, stale_if_error_seconds=300, negative_cache_seconds=0)
         assert_values(task_processes.run(1, env), OLD)
         expires = entry_expiry(env)
         if how == "deleted":
