@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import warnings
+
 # Airflow first: importing it may build the configured secrets backend, which
-# imports this package; it must find Airflow done, not half-imported.
-import airflow  # noqa: F401
+# imports this package; it must find Airflow done, not half-imported. (2.10
+# warns about its own deprecated config key on every import; where this
+# package is what imports Airflow — its command line — that is noise.)
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", category=FutureWarning, module="airflow.configuration")
+    import airflow  # noqa: F401
 
 from airflow_sm_refs._exceptions import (
     ReferenceNotAllowedError,
