@@ -9,6 +9,7 @@ import psycopg2
 import pytest
 
 from standins.postgres import PostgresServer
+from tests.conftest import postgres_server
 
 USER = "app"
 PASSWORD = "s3cret-pw"
@@ -17,8 +18,12 @@ DATABASE = "appdb"
 
 @pytest.fixture(scope="module")
 def pg() -> Iterator[PostgresServer]:
-    """Start one server for the module; startup is well under a second."""
-    with PostgresServer(user=USER, password=PASSWORD, database=DATABASE) as server:
+    """Start one server for the module; startup is well under a second.
+
+    Skipped where PostgreSQL is not installed, unless ``AIRFLOW_SM_REFS_REQUIRE_POSTGRES``
+    is set (as in CI), like every other PostgreSQL test.
+    """
+    with postgres_server(user=USER, password=PASSWORD, database=DATABASE) as server:
         yield server
 
 
@@ -87,7 +92,7 @@ def test_set_password_rotates(pg: PostgresServer) -> None:
 
 def test_exit_stops_server_and_removes_tmpdir() -> None:
     """Leaving the context stops the server and deletes its temp dir."""
-    with PostgresServer(user="other", password="pw-2", database="otherdb") as server:
+    with postgres_server(user="other", password="pw-2", database="otherdb") as server:
         tmpdir = server.tmpdir
         port = server.port
         assert tmpdir.is_dir()
