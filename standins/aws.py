@@ -12,7 +12,10 @@ import collections
 import http.client
 import json
 import re
+import socket
 import threading
+import time
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,11 +36,24 @@ class InjectedFault:
     status: int
     code: str
     message: str = "injected by the test stand-in"
+    #: ``"answer"``: reply with the error; ``"drop"``: close the connection
+    #: without a reply; ``"hang"``: wait ``delay`` seconds, then forward
+    kind: str = "answer"
+    delay: float = 0.0
 
 
 THROTTLING = InjectedFault(400, "ThrottlingException", "Rate exceeded")
 INTERNAL_ERROR = InjectedFault(500, "InternalServiceError", "injected 5xx")
 ACCESS_DENIED = InjectedFault(400, "AccessDeniedException", "not authorized")
+DECRYPTION_FAILURE = InjectedFault(400, "DecryptionFailure", "Secrets Manager can't decrypt the protected secret text")
+KMS_ACCESS_DENIED = InjectedFault(400, "KMSAccessDeniedException", "Access to KMS is not allowed")
+#: the connection is closed with no reply (a dropped connection)
+DROPPED_CONNECTION = InjectedFault(0, "", kind="drop")
+
+
+def hanging(seconds: float) -> InjectedFault:
+    """A request answered only after ``seconds`` (a client with a shorter read timeout times out)."""
+    return InjectedFault(0, "", kind="hang", delay=seconds)
 
 
 class _ProxyHandler(BaseHTTPRequestHandler):
@@ -55,7 +71,22 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length else b""
         target = self.headers.get("X-Amz-Target", "")
         action = target.rsplit(".", 1)[-1] if target else f"{self.command} {self.path}"
-        fault = self.server.stand_in._record(action)
+        if not target:  # query protocol (STS): the action is a form field
+            form = urllib.parse.parse_qs(body.decode("latin-1"))
+            if form.get("Action"):
+                action = form["Action"][0]
+        credential = re.search(r"Credential=([^/,\s]+)/", self.headers.get("Authorization", ""))
+        fault = self.server.stand_in._record(action, credential.group(1) if credential else None)
+        if fault is not None and fault.kind == "drop":
+            self.close_connection = True
+            try:
+                self.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            return
+        if fault is not None and fault.kind == "hang":
+            time.sleep(fault.delay)
+            fault = None
         if fault is not None:
             payload = json.dumps({"__type": fault.code, "message": fault.message}).encode()
             self.send_response(fault.status)
@@ -100,6 +131,7 @@ class AwsStandIn:
         self._faults: collections.deque[InjectedFault] = collections.deque()
         self._fail_all: InjectedFault | None = None
         self._served: set[str] = set()
+        self._keys: collections.defaultdict[str, set[str]] = collections.defaultdict(set)
         self._moto = None
         self._proxy: _ProxyServer | None = None
         self.moto_port = 0
@@ -153,6 +185,7 @@ class AwsStandIn:
             self._faults.clear()
             self._fail_all = None
             self._served.clear()
+            self._keys.clear()
 
     # what was served -----------------------------------------------------
     def _remember_served(self, body: bytes) -> None:
@@ -215,9 +248,11 @@ class AwsStandIn:
         return found
 
     # counting ------------------------------------------------------------
-    def _record(self, action: str) -> InjectedFault | None:
+    def _record(self, action: str, access_key: str | None = None) -> InjectedFault | None:
         with self._lock:
             self._calls[action] += 1
+            if access_key:
+                self._keys[action].add(access_key)
             if self._faults:
                 return self._faults.popleft()
             return self._fail_all
@@ -232,10 +267,16 @@ class AwsStandIn:
         with self._lock:
             return sum(self._calls.values())
 
+    def access_keys(self, action: str = "GetSecretValue") -> frozenset[str]:
+        """The access key ids that signed requests for ``action`` (whose credentials were used)."""
+        with self._lock:
+            return frozenset(self._keys[action])
+
     def reset_counts(self) -> None:
         """Zero the counters, keeping moto's data."""
         with self._lock:
             self._calls.clear()
+            self._keys.clear()
 
     # faults --------------------------------------------------------------
     def fail_next(self, fault: InjectedFault, times: int = 1) -> None:
