@@ -134,6 +134,7 @@ class AwsStandIn:
         self._keys: collections.defaultdict[str, set[str]] = collections.defaultdict(set)
         self._moto = None
         self._proxy: _ProxyServer | None = None
+        self._tls: _ProxyServer | None = None
         self.moto_port = 0
 
     # lifecycle -----------------------------------------------------------
@@ -155,6 +156,7 @@ class AwsStandIn:
 
     def stop(self) -> None:
         """Stop the proxy and moto."""
+        self.stop_tls()
         if self._proxy is not None:
             self._proxy.shutdown()
             self._proxy.server_close()
@@ -166,6 +168,69 @@ class AwsStandIn:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def start_tls(self, directory: str) -> str:
+        """Serve the proxy over HTTPS too, with a self-signed certificate for 127.0.0.1.
+
+        Returns the path of the certificate (PEM), which is also its own CA:
+        a client trusts the endpoint only with ``verify=<that path>`` or
+        ``verify=False``. The URL is :attr:`tls_endpoint_url`.
+        """
+        import datetime
+        import ipaddress
+        import os
+        import ssl
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "aws-stand-in")])
+        now = datetime.datetime.now(datetime.timezone.utc)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256())
+        )
+        cert_path = os.path.join(directory, "aws-stand-in.pem")
+        key_path = os.path.join(directory, "aws-stand-in.key")
+        with open(cert_path, "wb") as out:
+            out.write(cert.public_bytes(serialization.Encoding.PEM))
+        with open(key_path, "wb") as out:
+            out.write(
+                key.private_bytes(
+                    serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+                )
+            )
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert_path, key_path)
+        self._tls = _ProxyServer(("127.0.0.1", 0), _ProxyHandler)
+        self._tls.stand_in = self
+        self._tls.socket = context.wrap_socket(self._tls.socket, server_side=True)
+        threading.Thread(target=self._tls.serve_forever, daemon=True, name="aws-stand-in-tls").start()
+        return cert_path
+
+    def stop_tls(self) -> None:
+        """Stop the HTTPS proxy started by :meth:`start_tls`."""
+        if self._tls is not None:
+            self._tls.shutdown()
+            self._tls.server_close()
+            self._tls = None
+
+    @property
+    def tls_endpoint_url(self) -> str:
+        """The HTTPS URL of the proxy (after :meth:`start_tls`)."""
+        assert self._tls is not None, "start_tls() first"
+        return f"https://127.0.0.1:{self._tls.server_address[1]}"
 
     @property
     def endpoint_url(self) -> str:

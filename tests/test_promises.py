@@ -229,3 +229,45 @@ class TestValues:
         with lookup_fails(ReferenceSyntaxError, match="more than 1000 references"):
             get_connection("db")
         assert backend_configured.calls() == 0
+
+
+class TestVerify:
+    """``verify``: ``false`` or a CA bundle path, against an HTTPS endpoint with a self-signed certificate."""
+
+    @pytest.fixture
+    def https(self, aws: AwsStandIn, tmp_path: Path) -> Any:
+        ca = aws.start_tls(str(tmp_path))
+        yield aws.tls_endpoint_url, ca
+        aws.stop_tls()
+
+    @pytest.mark.parametrize("verify", ["ca bundle", False], ids=["CA bundle path", "false"])
+    def test_verify_lets_the_self_signed_endpoint_in(
+        self, aws: AwsStandIn, https: Any, monkeypatch: pytest.MonkeyPatch, verify: Any
+    ) -> None:
+        url, ca = https
+        secret(aws)
+        db_conn(monkeypatch)
+        configure_backend(
+            monkeypatch,
+            region_name="us-east-1",
+            endpoint_url=url,
+            shared_cache=False,
+            verify=ca if verify == "ca bundle" else verify,
+        )
+        assert get_connection("db").password == DB["password"]
+        assert aws.calls() == 1
+
+    def test_without_verify_the_self_signed_endpoint_is_refused(
+        self, aws: AwsStandIn, https: Any, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        url, _ = https
+        secret(aws)
+        db_conn(monkeypatch)
+        monkeypatch.delenv("AWS_CA_BUNDLE", raising=False)
+        monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+        configure_backend(
+            monkeypatch, region_name="us-east-1", endpoint_url=url, shared_cache=False, config_kwargs=FAST_FAIL
+        )
+        with lookup_fails(SecretTransientError, match="SSL"):
+            get_connection("db")
+        assert aws.calls() == 0  # the TLS handshake failed: no request got through
