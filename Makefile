@@ -71,3 +71,10 @@ compat-smoke: compat-venvs
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+# Each core behaviour broken on purpose, one at a time, in a copy of the
+# package: a chosen test must fail for each (tests/mutations/run.py). Slow,
+# so not part of `make test` or CI.
+.PHONY: test-mutations
+test-mutations: venv
+	$(BIN)/python -m tests.mutations.run
