@@ -330,6 +330,45 @@ def _import(name: str) -> Any:
     return importlib.import_module(name)
 
 
+# --- metrics ----------------------------------------------------------------------------
+#: where Stats lives: the Task SDK's (3.2+, set up by the task runner), else ``airflow.stats``
+#: (2.x to 3.1, built from ``[metrics]`` on first use)
+_SDK_STATS = "airflow.sdk.observability.stats"
+_stats: Any = None
+
+
+def stats() -> Any:
+    """Airflow's ``Stats`` on this line: metrics go wherever ``[metrics]`` sends Airflow's own."""
+    global _stats
+    if _stats is None:
+        if _has_module(_SDK_STATS):
+            _stats = _import(_SDK_STATS).Stats
+        else:
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                from airflow.stats import Stats
+            _stats = Stats
+    return _stats
+
+
+def initialize_stats_as_a_task_runner() -> None:
+    """Set ``Stats`` up from ``[metrics]`` as a task process does (3.2+ do it in the task runner; tests)."""
+    if not _has_module(_SDK_STATS):
+        return  # airflow.stats builds itself from the configuration on first use
+    from airflow.sdk.observability.metrics import stats_utils
+
+    module = _import(_SDK_STATS)
+    if hasattr(module, "initialize"):  # 3.3: a module of functions
+        module.initialize(
+            factory=stats_utils.get_stats_factory(),
+            export_legacy_names=airflow_conf().getboolean("metrics", "legacy_names_on", fallback=False),
+        )
+    else:  # 3.2: a metaclass that takes a factory
+        module.Stats.initialize(factory=stats_utils.get_stats_factory(module.Stats))
+
+
 # --- what tests and tools need of the line they run on ----------------------------------
 def base_hook() -> type:
     """Airflow's ``BaseHook`` of this line (the Task SDK's on 3.x)."""

@@ -17,6 +17,7 @@ from airflow_sm_refs._exceptions import (
     SecretNotFoundError,
     SecretTransientError,
 )
+from airflow_sm_refs._metrics import count, timed
 from airflow_sm_refs.reference import SecretReference
 
 __all__ = ["SecretPayload", "fetch_secret"]
@@ -113,7 +114,11 @@ def fetch_secret(clients: RegionalClients, ref: SecretReference) -> SecretPayloa
         request["VersionStage"] = ref.version_stage
     where = f"secret {ref.secret_id!r} ({ref.version_label}) in {clients.region_for(ref.region) or 'the default region'}"
     try:
-        response = clients.client(ref.region).get_secret_value(**request)
+        # Building the client may already fail (a credential process that errors): inside the try.
+        client = clients.client(ref.region)
+        count("aws_request")
+        with timed("aws_latency"):
+            response = client.get_secret_value(**request)
     except ClientError as exc:
         error = exc.response.get("Error", {})
         code = str(error.get("Code", ""))
@@ -147,6 +152,7 @@ def fetch_secret(clients: RegionalClients, ref: SecretReference) -> SecretPayloa
             "(not a Secrets Manager response: a proxy or a wrong endpoint_url?)",
             reference=ref.text,
         )
+    count("aws_fetch")
     return SecretPayload(
         arn=response.get("ARN", ref.secret_id),
         version_id=response.get("VersionId", ""),

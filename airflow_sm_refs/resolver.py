@@ -19,7 +19,14 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from airflow_sm_refs._aws import RegionalClients
-from airflow_sm_refs._exceptions import SecretAccessDeniedError, SecretFetchError, SecretKeyError, SecretNotFoundError
+from airflow_sm_refs._exceptions import (
+    SecretAccessDeniedError,
+    SecretFetchError,
+    SecretKeyError,
+    SecretNotFoundError,
+    SecretReferenceError,
+)
+from airflow_sm_refs._metrics import count
 from airflow_sm_refs.cache import TTLCache
 from airflow_sm_refs.fetch import SecretPayload, fetch_secret
 from airflow_sm_refs.reference import SecretReference
@@ -112,6 +119,7 @@ class SecretResolver:
         negative_ttl = self.negative_cache_seconds
         remembered = self.cache.recent_failure(key, negative_ttl)
         if remembered is not None:
+            count("negative_hit")
             raise remembered
         fetched_from = ["aws"]
         # A value read from the worker tier keeps its fetch time in this tier
@@ -130,7 +138,10 @@ class SecretResolver:
                         negative_ttl=negative_ttl,
                     )
                 except _NEGATIVE as exc:
-                    age[0] = float(getattr(exc, "remembered_age", 0.0))
+                    remembered_age = getattr(exc, "remembered_age", None)
+                    if remembered_age is not None:
+                        count("negative_hit")
+                        age[0] = float(remembered_age)
                     raise
                 fetched_from[0] = source
                 age[0] = fetched_ago
@@ -152,8 +163,10 @@ class SecretResolver:
                 self.cache.remember_failure(key, exc, age=age[0])
             raise
         if result.source == "hit":
+            count("cache_hit.process")
             return result.value, "process cache"
         if result.source == "stale":
+            count("stale_served")
             log.warning(
                 "Serving the expired cached value of %s (%s) for up to %ss more: AWS failed: %s",
                 ref.secret_id,
@@ -162,6 +175,10 @@ class SecretResolver:
                 result.error,
             )
             return result.value, "process cache (stale)"
+        if fetched_from[0] == "worker cache":
+            count("cache_hit.worker")
+        elif fetched_from[0] == "worker cache (stale)":
+            count("stale_served")
         return result.value, fetched_from[0]
 
     def resolve_cached(self, ref: SecretReference) -> ResolvedSecret | None:
@@ -170,6 +187,7 @@ class SecretResolver:
         payload = self.cache.peek(self.cache_key(ref), self.cache_ttl_seconds)
         if payload is None:
             return None
+        count("cache_hit.process")
         return ResolvedSecret(extract_value(ref, payload), "process cache", time.perf_counter() - started)
 
     def resolve(self, ref: SecretReference) -> ResolvedSecret:
@@ -178,8 +196,12 @@ class SecretResolver:
         :raises SecretReferenceError: (a subclass) when it cannot be resolved
         """
         started = time.perf_counter()
-        payload, source = self.payload(ref)
-        value = extract_value(ref, payload)
+        try:
+            payload, source = self.payload(ref)
+            value = extract_value(ref, payload)
+        except SecretReferenceError as exc:
+            count(f"error.{type(exc).__name__}")
+            raise
         return ResolvedSecret(value, source, time.perf_counter() - started)
 
 
