@@ -606,12 +606,13 @@ class TestAcrossTaskProcesses:
             assert sources(results) == ["worker cache"] * 4
         assert aws.calls() == 0
 
+    @pytest.mark.wallclock
     def test_rotation_is_seen_after_expiry(
         self, aws: AwsStandIn, task_processes: TaskProcesses, cache_dir: Path
     ) -> None:
         aws.client().create_secret(Name="prod/db", SecretString=OLD)
         # Margins for a loaded 2-core machine, where starting 4 task processes takes seconds.
-        env = task_env(aws, cache_dir, cache_ttl_seconds=10)
+        env = task_env(aws, cache_dir, cache_ttl_seconds=20)
         assert_values(task_processes.run(4, env), OLD)
         expires = entry_expiry(env)
         aws.client().put_secret_value(SecretId="prod/db", SecretString=NEW)
@@ -650,6 +651,7 @@ class TestAcrossTaskProcesses:
             assert_values([result], OLD)
         assert aws.calls() == 1
 
+    @pytest.mark.wallclock
     @pytest.mark.parametrize("fault", [THROTTLING, INTERNAL_ERROR], ids=["throttling", "5xx"])
     def test_transient_failure_serves_stale_value_within_window_then_fails(
         self, aws: AwsStandIn, task_processes: TaskProcesses, cache_dir: Path, fault: InjectedFault
@@ -660,7 +662,7 @@ class TestAcrossTaskProcesses:
             cache_dir,
             cache_ttl_seconds=1,
             # Wide enough that a burst of task processes on a loaded 2-core machine all fall inside it.
-            stale_if_error_seconds=8,
+            stale_if_error_seconds=20,
             # One attempt per fetch (botocore's max_attempts counts retries, total_max_attempts all tries).
             config_kwargs={"retries": {"total_max_attempts": 1, "mode": "standard"}},
         )
@@ -676,7 +678,7 @@ class TestAcrossTaskProcesses:
             for result in within:
                 warnings = [m for level, m in result["log"] if level == "WARNING"]
                 assert len(warnings) == 1 and "'prod/db' (AWSCURRENT)" in warnings[0] and fault.code in warnings[0]
-            sleep_until(expires + 8 + 0.05)
+            sleep_until(expires + 20 + 0.05)
             outside = task_processes.run(2, env)
         assert [r.get("error") for r in outside] == ["SecretTransientError"] * 2, outside
         assert all(fault.code in r["message"] for r in outside)
