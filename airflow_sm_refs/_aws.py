@@ -156,7 +156,10 @@ if hasattr(os, "register_at_fork"):
 
 
 class _LazySession:
-    """One boto3 session (one set of credentials, one assume-role) for all regions, made on first use."""
+    """One boto3 session (one set of credentials, one assume-role) for all regions, made on first use.
+
+    Also holds the provider's connection wrapper, made on first use for the same reason.
+    """
 
     def __init__(self, make: Callable[[], Any]) -> None:
         self._make = make
@@ -178,11 +181,15 @@ class _LazySession:
 def clients_for_settings(settings: Mapping[str, Any]) -> RegionalClients:
     """Clients built as the provider's ``SecretsManagerBackend`` builds them, shared per identity.
 
+    Nothing AWS is imported or built here: the identity digest and the default
+    region come from ``settings`` alone, and the provider's wrapper, the
+    session and botocore arrive with the first client, on a cache miss. A task
+    process served from the worker cache never imports them.
+
     :param settings: the backend's AWS kwargs (see :data:`AWS_CONNECTION_KWARGS`)
     """
     quiet_secret_bodies()
     settings = {k: v for k, v in settings.items() if v is not None}
-    check_config_kwargs(settings.get("config_kwargs"))
     identity = identity_of(settings)
     with _REGISTRY_LOCK:
         clients = _REGISTRY.get(identity)
@@ -210,27 +217,38 @@ def check_config_kwargs(config_kwargs: Any) -> None:
 
 
 def _build_from_settings(settings: dict[str, Any], identity: str) -> RegionalClients:
-    from airflow.providers.amazon.aws.hooks.base_aws import SessionFactory
-    from airflow.providers.amazon.aws.utils.connection_wrapper import AwsConnectionWrapper
+    def wrapper() -> Any:
+        check_config_kwargs(settings.get("config_kwargs"))
+        from airflow.providers.amazon.aws.utils.connection_wrapper import AwsConnectionWrapper
 
-    conn_config = AwsConnectionWrapper.from_connection_metadata(
-        conn_id="SecretsManagerRefsBackend__connection", extra=dict(settings)
-    )
-    session = _LazySession(lambda: SessionFactory(conn=conn_config).create_session())
+        return AwsConnectionWrapper.from_connection_metadata(
+            conn_id="SecretsManagerRefsBackend__connection", extra=dict(settings)
+        )
+
+    conn_config = _LazySession(wrapper)
+
+    def session() -> Any:
+        from airflow.providers.amazon.aws.hooks.base_aws import SessionFactory
+
+        return SessionFactory(conn=conn_config.get()).create_session()
+
+    lazy_session = _LazySession(session)
 
     def make_client(region: str | None) -> Any:
+        config = conn_config.get()
         # The provider's own backend drops the botocore config here; we pass it
         # so retry modes and timeouts from config_kwargs take effect.
         kwargs: dict[str, Any] = {
-            "region_name": region or conn_config.region_name,
-            "endpoint_url": conn_config.get_service_endpoint_url("secretsmanager"),
-            "config": conn_config.botocore_config,
+            "region_name": region or config.region_name,
+            "endpoint_url": config.get_service_endpoint_url("secretsmanager"),
+            "config": config.botocore_config,
         }
-        if conn_config.verify is not None:
-            kwargs["verify"] = conn_config.verify
-        return session.get().client("secretsmanager", **{k: v for k, v in kwargs.items() if v is not None})
+        if config.verify is not None:
+            kwargs["verify"] = config.verify
+        return lazy_session.get().client("secretsmanager", **{k: v for k, v in kwargs.items() if v is not None})
 
-    return RegionalClients(make_client, conn_config.region_name, identity)
+    # The wrapper takes the region from the same ``region_name`` extra.
+    return RegionalClients(make_client, settings.get("region_name"), identity)
 
 
 def reset_clients() -> None:
