@@ -182,8 +182,15 @@ def process_role(argv: Sequence[str] | None = None) -> ProcessRole:
 
 # --- where raw values are found --------------------------------------------------------
 def later_backends() -> list[Any]:
-    """The secrets backends of this process's chain, in order (this package's included)."""
-    if HAS_TASK_SDK:
+    """The secrets backends of this process's chain, in order (this package's included).
+
+    A process with a supervisor (task, trigger runner) uses the Task SDK's
+    chain, which reaches the metastore through the supervisor. Any other
+    process (a script, a server with ``resolve_on_server``, 2.x) uses core
+    Airflow's chain, which ends at the metastore: the SDK's fallback chain
+    has none, and core Airflow would then hand out the metastore's raw value.
+    """
+    if HAS_TASK_SDK and _supervisor_comms() is not None:
         from airflow.sdk.execution_time.supervisor import ensure_secrets_backend_loaded
 
         return list(ensure_secrets_backend_loaded())

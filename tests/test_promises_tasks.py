@@ -137,12 +137,6 @@ def test_variable_stored_in_the_metastore_is_resolved_in_a_task(
         assert session.query(Variable).filter(Variable.key == "partner_token").one().val.startswith("Bearer {{workato")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: on Airflow 3 a process outside a task (a script; README: 'resolves') reading a metastore "
-    "Variable through airflow.models.Variable gets the raw reference: the backend asks the SDK fallback chain, "
-    "which has no MetastoreBackend, returns None, and Airflow's core chain then hands out the metastore's raw value",
-)
 def test_variable_stored_in_the_metastore_is_resolved_in_a_script(
     metastore_variable: None, backend_configured: AwsStandIn
 ) -> None:
