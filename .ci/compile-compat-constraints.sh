@@ -50,6 +50,7 @@ compile_line() {
         echo "apache-airflow-providers-http"
         echo "apache-airflow-providers-postgres"
         echo "psycopg2-binary"
+        echo "statsd"
         echo "psutil"
         if [ -n "$holds" ]; then tr '|' '\n' <<<"$holds"; fi
     } >"$in"

@@ -34,6 +34,7 @@ from airflow_sm_refs.resolver import CacheSettings, SecretResolver
 from airflow_sm_refs.worker_cache import LOCK_STRIPES, WorkerCache
 from standins.aws import AwsStandIn
 from tests.conftest import FakeClock, configure_backend, get_connection, lookup_fails, set_conn
+from tests.test_worker_cache import Fetcher
 
 pytestmark = pytest.mark.compat
 
@@ -42,21 +43,6 @@ KEY = ("identity-a", "us-east-1", "prod/db", "stage:AWSCURRENT")
 
 def payload(string: str = '{"password": "pässword-1"}', version: str = "v1") -> SecretPayload:
     return SecretPayload("arn:aws:secretsmanager:us-east-1:123456789012:secret:prod/db-AbCdEf", version, string, None)
-
-
-class Fetcher:
-    """One AWS call: returns or raises its outcomes in turn (the last one repeats)."""
-
-    def __init__(self, *outcomes: SecretPayload | BaseException) -> None:
-        self.outcomes = list(outcomes)
-        self.calls = 0
-
-    def __call__(self) -> SecretPayload:
-        self.calls += 1
-        outcome = self.outcomes.pop(0) if len(self.outcomes) > 1 else self.outcomes[0]
-        if isinstance(outcome, BaseException):
-            raise outcome
-        return outcome
 
 
 @pytest.fixture
