@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+import sys
 import warnings
 
 # Airflow first: importing it may build the configured secrets backend, which
 # imports this package; it must find Airflow done, not half-imported. (2.10
 # warns about its own deprecated config key on every import; where this
 # package is what imports Airflow — its command line — that is noise.)
+if "airflow" not in sys.modules:
+    # Also 3.1 logs alembic's plugin set-up at INFO on every import.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", category=FutureWarning, module="airflow.configuration")
     import airflow  # noqa: F401
