@@ -29,6 +29,14 @@ FAKE_SECRET_ACCESS_KEY = "testing"  # noqa: S105 - moto accepts any credentials
 SHORT_VALUE = 6
 
 
+def _written_forms(value: str) -> set[str]:
+    """``value`` and the forms it takes when written into JSON or a URI."""
+    quote = urllib.parse.quote
+    forms = {value, json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1]}
+    forms |= {quote(value, safe=""), urllib.parse.quote_plus(value)}
+    return {form for form in forms if form}
+
+
 @dataclass(frozen=True)
 class InjectedFault:
     """A response the proxy returns instead of forwarding a request."""
@@ -306,7 +314,9 @@ class AwsStandIn:
         found = []
         for value in self.all_served_values:
             if len(value) >= SHORT_VALUE:
-                if value in text:
+                # Also as it reads once re-serialised: JSON-escaped (extra, JSON
+                # Variables) or URL-encoded (a connection URI).
+                if any(form in text for form in _written_forms(value)):
                     found.append(value)
             elif len(value) >= 3 and re.search(rf"(?<![\w./-]){re.escape(value)}(?![\w./-])", text):
                 found.append(value)

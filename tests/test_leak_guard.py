@@ -36,3 +36,19 @@ def test_short_values_are_caught_as_whole_tokens(aws: AwsStandIn) -> None:
         assert "long-enough-value" in aws.served_values and "Zq9" not in aws.served_values
     finally:
         aws.reset()  # nothing here was the plugin's: keep the autouse guard out of it
+
+
+def test_escaped_and_encoded_forms_count_as_leaks(aws: AwsStandIn) -> None:
+    """A value logged inside re-serialised JSON or a URI is still a leak."""
+    served(aws, "awkward/one", {"password": 'Pä"ss\\wörd/+&=42'})
+    try:
+        value = 'Pä"ss\\wörd/+&=42'
+        # (the whole SecretString, also served, may be found too)
+        assert value in aws.leaked_in('extra={"password": ' + json.dumps(value) + "}")
+        assert value in aws.leaked_in("extra=" + json.dumps({"password": value}, ensure_ascii=False))
+        from urllib.parse import quote
+
+        assert value in aws.leaked_in("postgres://u:" + quote(value, safe="") + "@h/db")
+        assert aws.leaked_in("nothing here") == []
+    finally:
+        aws.reset()
