@@ -29,7 +29,7 @@ from airflow_sm_refs._exceptions import (
     SecretLookupAborted,
     SecretReferenceError,
 )
-from airflow_sm_refs._options import parse_bool, parse_dict, parse_int, parse_number, parse_str, parse_verify
+from airflow_sm_refs._options import parse_bool, parse_dict, parse_str, parse_verify
 
 if TYPE_CHECKING:
     from airflow_sm_refs.expand import Expansion
@@ -251,13 +251,13 @@ class SecretsManagerRefsBackend(BaseSecretsBackend):
         self.aws_settings: dict[str, Any] = {name: parse_aws_option(name, value) for name, value in given.items()}
         from airflow_sm_refs.resolver import CacheSettings
 
-        self.cache_settings = CacheSettings(
-            parse_number(cache_ttl_seconds, "cache_ttl_seconds"),
-            parse_number(stale_if_error_seconds, "stale_if_error_seconds"),
-            parse_bool(shared_cache, "shared_cache"),
-            parse_str(shared_cache_dir, "shared_cache_dir"),
-            parse_int(shared_cache_max_entries, "shared_cache_max_entries"),
-            parse_number(negative_cache_seconds, "negative_cache_seconds"),
+        self.cache_settings = CacheSettings.from_options(
+            cache_ttl_seconds,
+            stale_if_error_seconds,
+            shared_cache,
+            shared_cache_dir,
+            shared_cache_max_entries,
+            negative_cache_seconds,
         )
         self.resolve_on_server = parse_bool(resolve_on_server, "resolve_on_server")
         self.resolve_at_parse_time = parse_bool(resolve_at_parse_time, "resolve_at_parse_time")

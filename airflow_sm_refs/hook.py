@@ -14,7 +14,7 @@ from typing import Any
 
 from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
 
-from airflow_sm_refs._options import parse_bool, parse_dict, parse_int, parse_number, parse_str, parse_verify
+from airflow_sm_refs._options import parse_dict, parse_str, parse_verify
 from airflow_sm_refs.expand import Expansion, build_connection, expand_connection
 from airflow_sm_refs.resolver import (
     DEFAULT_CACHE_TTL_SECONDS,
@@ -89,13 +89,13 @@ class SecretsManagerRefsHook(AwsBaseHook):
         from airflow_sm_refs.resolver import CacheSettings
 
         # Parsed before anything is built, so a bad option fails here, naming it.
-        cache_settings = CacheSettings(
-            parse_number(cache_ttl_seconds, "cache_ttl_seconds"),
-            parse_number(stale_if_error_seconds, "stale_if_error_seconds"),
-            parse_bool(shared_cache, "shared_cache"),
-            parse_str(shared_cache_dir, "shared_cache_dir"),
-            parse_int(shared_cache_max_entries, "shared_cache_max_entries"),
-            parse_number(negative_cache_seconds, "negative_cache_seconds"),
+        cache_settings = CacheSettings.from_options(
+            cache_ttl_seconds,
+            stale_if_error_seconds,
+            shared_cache,
+            shared_cache_dir,
+            shared_cache_max_entries,
+            negative_cache_seconds,
         )
         policy = AccessPolicy.from_options(allowed_secrets, allowed_conn_ids, allowed_variables)
         if "region_name" in kwargs:

@@ -238,6 +238,28 @@ class CacheSettings:
         object.__setattr__(self, "stale_if_error_seconds", stale)
         object.__setattr__(self, "shared_cache", bool(self.shared_cache))
 
+    @classmethod
+    def from_options(
+        cls,
+        cache_ttl_seconds: Any,
+        stale_if_error_seconds: Any,
+        shared_cache: Any,
+        shared_cache_dir: Any,
+        shared_cache_max_entries: Any,
+        negative_cache_seconds: Any,
+    ) -> CacheSettings:
+        """Parse the options as an operator wrote them (strings from per-key overrides included), strictly."""
+        from airflow_sm_refs._options import parse_bool, parse_int, parse_number, parse_str
+
+        return cls(
+            parse_number(cache_ttl_seconds, "cache_ttl_seconds"),
+            parse_number(stale_if_error_seconds, "stale_if_error_seconds"),
+            parse_bool(shared_cache, "shared_cache"),
+            parse_str(shared_cache_dir, "shared_cache_dir"),
+            parse_int(shared_cache_max_entries, "shared_cache_max_entries"),
+            parse_number(negative_cache_seconds, "negative_cache_seconds"),
+        )
+
     def resolver_for(self, clients: RegionalClients) -> SecretResolver:
         """A resolver for ``clients`` with the process tier and, if enabled and safe, the worker tier."""
         from airflow_sm_refs.worker_cache import open_worker_cache
