@@ -349,16 +349,12 @@ class SecretsManagerRefsBackend(BaseSecretsBackend):
 
         try:
             return expand_connection(raw, self._expansion(conn_id, "connection"), connection_class_of(self))
-        except SecretLookupAborted:
-            raise
         except Exception as exc:
             raise self._fail_closed(exc, conn_id, "connection") from None
 
     def _expand_raw_variable(self, raw: str, key: str) -> str:
         try:
             return self._expansion(key, "variable").variable(raw)
-        except SecretLookupAborted:
-            raise
         except Exception as exc:
             raise self._fail_closed(exc, key, "variable") from None
 
@@ -415,8 +411,6 @@ class SecretsManagerRefsBackend(BaseSecretsBackend):
             return expand_connection(raw, expansion, connection_class_of(self))
         except NotCached:
             pass
-        except SecretLookupAborted:
-            raise
         except SecretReferenceError as exc:
             raise self._fail_closed(exc, conn_id, "connection") from None
         except Exception:  # noqa: BLE001 - e.g. a 3.0 Connection that tells the supervisor from inside the loop
