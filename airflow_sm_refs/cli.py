@@ -1,6 +1,7 @@
 """``airflow-sm-refs``: check connections' references, read a token, clear the per-worker cache.
 
     airflow-sm-refs check CONN_ID [CONN_ID ...]
+    airflow-sm-refs iam-policy [CONN_ID ...] [--variable KEY ...] [--all] [--account-id ID]
     airflow-sm-refs parse TOKEN
     airflow-sm-refs cache clear [--dir DIR]
 
@@ -8,6 +9,12 @@
 it and whether it resolves, with the AWS settings of the configured backend.
 It never prints a value. Exit codes: 0 all resolved, 1 something failed,
 2 bad usage or configuration.
+
+``iam-policy`` prints the least-privilege IAM policy (JSON, on stdout) for
+the secrets that connections and Variables reference. It reads references
+only: no value is fetched. Exit codes: 0 policy printed, 1 a connection or
+Variable is missing or holds a malformed reference (nothing is printed on
+stdout: a partial policy would fail tasks later), 2 bad usage.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -61,6 +69,32 @@ def _build_parser() -> argparse.ArgumentParser:
         "resolves, using the AWS settings of the configured secrets backend. Never prints a value.",
     )
     check.add_argument("conn_ids", nargs="+", metavar="CONN_ID")
+
+    policy = commands.add_parser(
+        "iam-policy",
+        help="print the least-privilege IAM policy for the secrets connections and Variables reference",
+        description="Print, as JSON on stdout, the IAM policy that lets the worker's role read exactly the "
+        "secrets the named connections and Variables reference (notes go to stderr). Reads references "
+        "only; no secret value is fetched.",
+    )
+    policy.add_argument("conn_ids", nargs="*", metavar="CONN_ID")
+    policy.add_argument(
+        "--variable", dest="variables", action="append", default=[], metavar="KEY", help="a Variable (repeatable)"
+    )
+    policy.add_argument(
+        "--all",
+        dest="everything",
+        action="store_true",
+        help="every connection and Variable in the metastore and in AIRFLOW_CONN_* / AIRFLOW_VAR_* variables",
+    )
+    policy.add_argument(
+        "--account-id", default=None, help="the account of secrets named by plain name (default: any account, '*')"
+    )
+    policy.add_argument(
+        "--region",
+        default=None,
+        help="the region of secrets named by plain name (default: the backend's region_name, else AWS's default)",
+    )
 
     parse = commands.add_parser("parse", help="show how a token (or a value holding tokens) is read")
     parse.add_argument("token", metavar="TOKEN")
@@ -314,6 +348,248 @@ def command_check(conn_ids: Sequence[str], out: TextIO, err: TextIO) -> int:
     return EXIT_OK if all(results) else EXIT_FAILED
 
 
+# --- iam-policy ----------------------------------------------------------------------
+#: a secret's ARN ends in ``-`` and six random characters; IAM's ``?`` matches one
+_ARN_SUFFIX = "-??????"
+_LOOKS_SUFFIXED = re.compile(r"-[A-Za-z0-9]{6}$")
+
+KMS_NOTE = (
+    "note: secrets encrypted with a customer-managed KMS key also need kms:Decrypt on that key "
+    '(Resource: the key ARN; Condition {"StringEquals": {"kms:ViaService": "secretsmanager.<region>.amazonaws.com"}}); '
+    "secrets under the AWS managed key aws/secretsmanager need nothing more"
+)
+
+
+@dataclass(frozen=True)
+class PolicyScope:
+    """Where plain secret names live: what turns a name into an ARN pattern."""
+
+    region: str
+    account: str
+    partition: str
+
+
+def _partition_of(region: str) -> str:
+    """The ARN partition of ``region`` (``aws``, ``aws-cn``, ``aws-us-gov``...), as botocore knows it."""
+    try:
+        import botocore.session
+
+        return str(botocore.session.get_session().get_partition_for_region(region))
+    except Exception:  # an unknown region or an old botocore: AWS's rule of thumb
+        if region.startswith("cn-"):
+            return "aws-cn"
+        if region.startswith("us-gov-"):
+            return "aws-us-gov"
+        return "aws"
+
+
+def secret_resources(ref: SecretReference, scope: PolicyScope) -> list[str]:
+    """The ``Resource`` ARN patterns that grant ``GetSecretValue`` on the secret ``ref`` names.
+
+    A plain name or a partial ARN lacks the six random characters AWS adds to
+    every secret's ARN, so it gets ``-??????``. An ARN whose name already ends
+    in ``-`` and six characters may be full, or partial for a name that merely
+    ends so (``db-backup``): both patterns are given.
+    """
+    if not ref.is_arn:
+        arn = f"arn:{scope.partition}:secretsmanager:{scope.region}:{scope.account}:secret:{ref.secret_id}"
+        return [arn + _ARN_SUFFIX]
+    if _LOOKS_SUFFIXED.search(ref.secret_id):
+        return [ref.secret_id, ref.secret_id + _ARN_SUFFIX]
+    return [ref.secret_id + _ARN_SUFFIX]
+
+
+def iam_policy_document(resources: Sequence[str]) -> dict[str, Any]:
+    """The policy: ``GetSecretValue`` on exactly ``resources``, ``BatchGetSecretValue`` on ``*``.
+
+    AWS authorises ``BatchGetSecretValue`` only on ``*``; it then checks
+    ``GetSecretValue`` on each secret, so the batch grants nothing more.
+    """
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "ReadReferencedSecrets",
+                "Effect": "Allow",
+                "Action": "secretsmanager:GetSecretValue",
+                "Resource": sorted(set(resources)),
+            },
+            {
+                "Sid": "BatchReadReferencedSecrets",
+                "Effect": "Allow",
+                "Action": "secretsmanager:BatchGetSecretValue",
+                "Resource": "*",
+            },
+        ],
+    }
+
+
+def references_in_variable(value: str) -> list[Found]:
+    """Every reference in a Variable's value, read as the expansion reads it (JSON or text)."""
+    from airflow_sm_refs.expand import json_may_hold_references, map_json_strings
+
+    if json_may_hold_references(value):
+        try:
+            document = json.loads(value)
+        except ValueError:
+            document = None
+        if isinstance(document, (dict, list, str)):
+            found: list[Found] = []
+
+            def collect(text: str, field: str) -> str:
+                found.extend(_references_in_text(text, field))
+                return text
+
+            map_json_strings(document, "value", collect)
+            return found
+    return list(_references_in_text(value, "value"))
+
+
+def _find_variable(key: str, sources: list[tuple[str, Any]]) -> tuple[str | None, list[str]]:
+    """The raw Variable, and what went wrong in the sources that could not be asked."""
+    problems: list[str] = []
+    for name, source in sources:
+        try:
+            value = source.get_variable(key)
+        except Exception as exc:
+            problems.append(f"{name} not readable ({type(exc).__name__})")
+            continue
+        if value is not None:
+            return value, problems
+    return None, problems
+
+
+def _enumerate_all() -> tuple[list[str], list[str]]:
+    """Every connection id and Variable key in ``AIRFLOW_CONN_*``/``AIRFLOW_VAR_*`` and the metastore.
+
+    :raises UsageError: the metastore cannot be read (the list would be incomplete)
+    """
+    import os
+
+    conn_ids = {name[len("AIRFLOW_CONN_"):].lower() for name in os.environ if name.startswith("AIRFLOW_CONN_")}
+    keys = {name[len("AIRFLOW_VAR_"):].lower() for name in os.environ if name.startswith("AIRFLOW_VAR_")}
+    try:
+        from airflow.models import Connection, Variable
+        from airflow.utils.session import create_session
+        from sqlalchemy import select
+
+        with create_session() as session:
+            conn_ids.update(session.scalars(select(Connection.conn_id)))
+            keys.update(session.scalars(select(Variable.key)))
+    except Exception as exc:
+        raise UsageError(
+            f"--all cannot list the metastore's connections and Variables ({_one_line(exc)}); "
+            "run it where the metastore is reachable, or name the connections and Variables"
+        ) from None
+    conn_ids.discard("")
+    keys.discard("")
+    return sorted(conn_ids), sorted(keys)
+
+
+def _policy_scope(setup: ConfiguredBackend, region: str | None, account_id: str | None) -> PolicyScope:
+    region = region or setup.backend.aws_settings.get("region_name")
+    if not region:
+        import botocore.session
+
+        region = botocore.session.get_session().get_config_variable("region")
+    if not region:
+        raise UsageError("no region for plain secret names: set the backend's region_name or pass --region")
+    if account_id is not None and not re.fullmatch(r"\d{12}", account_id):
+        raise UsageError(f"--account-id must be 12 digits, got {account_id!r}")
+    return PolicyScope(region, account_id or "*", _partition_of(region))
+
+
+def command_iam_policy(
+    conn_ids: Sequence[str],
+    variables: Sequence[str],
+    everything: bool,
+    account_id: str | None,
+    region: str | None,
+    out: TextIO,
+    err: TextIO,
+) -> int:
+    """Print the IAM policy for the secrets ``conn_ids`` and ``variables`` reference; never a value."""
+    if not (conn_ids or variables or everything):
+        raise UsageError("name connections (CONN_ID), Variables (--variable KEY) or pass --all")
+    setup = _configured_backend()
+    if setup.note:
+        print(f"note: {setup.note}", file=err)
+    scope = _policy_scope(setup, region, account_id)
+    sources = _raw_sources(setup.other)
+    conn_ids, variables = list(dict.fromkeys(conn_ids)), list(dict.fromkeys(variables))
+    named = {("connection", c) for c in conn_ids} | {("variable", k) for k in variables}
+    if everything:
+        all_conns, all_keys = _enumerate_all()
+        conn_ids += [c for c in all_conns if c not in conn_ids]
+        variables += [k for k in all_keys if k not in variables]
+
+    from airflow_sm_refs._exceptions import SecretReferenceError
+
+    looked = ", ".join(name for name, _ in sources)
+    resources: list[str] = []
+    failed = False
+    owners: list[tuple[str, str, list[Found]]] = []
+    for conn_id in conn_ids:
+        conn, problems = _find_connection(conn_id, sources)
+        if conn is None:
+            # named: an error; listed by --all but gone since: nothing to grant
+            if ("connection", conn_id) in named:
+                failed = True
+                extra = f"; {'; '.join(problems)}" if problems else ""
+                print(f"connection {conn_id!r}: ERROR: not found (looked in {looked}{extra})", file=err)
+            continue
+        owners.append(("connection", conn_id, references_in_connection(conn)))
+    for key in variables:
+        value, problems = _find_variable(key, sources)
+        if value is None:
+            if ("variable", key) in named:
+                failed = True
+                extra = f"; {'; '.join(problems)}" if problems else ""
+                print(f"Variable {key!r}: ERROR: not found (looked in {looked}{extra})", file=err)
+            continue
+        owners.append(("variable", key, references_in_variable(value)))
+
+    for kind, owner, found in owners:
+        label = f"{'connection' if kind == 'connection' else 'Variable'} {owner!r}"
+        if not found:
+            if (kind, owner) in named:
+                print(f"{label}: no references", file=err)
+            continue
+        check = setup.backend.policy.checker(owner, kind)
+        secrets: list[str] = []
+        for item in found:
+            if item.reference is None:
+                failed = True
+                print(f"{label} field {item.field!r}: ERROR: {item.error}", file=err)
+                continue
+            try:
+                if check is not None:
+                    check(item.reference)
+            except SecretReferenceError as exc:
+                # The plugin refuses it before any AWS call: granting it would only widen the role.
+                print(f"{label} field {item.field!r}: skipped, {exc.detail}", file=err)
+                continue
+            secrets.append(item.reference.secret_id)
+            resources.extend(secret_resources(item.reference, scope))
+        count = len(set(secrets))
+        print(f"{label}: {count} secret{'s' if count != 1 else ''}", file=err)
+    if failed:
+        print("no policy printed: fix the errors above (a partial policy would fail tasks later)", file=err)
+        return EXIT_FAILED
+    if not resources:
+        print("no references found: no policy needed", file=err)
+        return EXIT_FAILED
+    if scope.account == "*":
+        print("note: secrets named by plain name match any account ('*'); pin it with --account-id", file=err)
+    role_arn = setup.backend.aws_settings.get("role_arn")
+    if role_arn:
+        print(f"note: the backend assumes {role_arn}: attach the policy to that role", file=err)
+    print(KMS_NOTE, file=err)
+    json.dump(iam_policy_document(resources), out, indent=2)
+    print(file=out)
+    return EXIT_OK
+
+
 def _describe(ref: SecretReference, out: TextIO) -> None:
     rows = [
         ("reference", ref.text),
@@ -424,6 +700,10 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             return command_check(args.conn_ids, out, err)
         if args.command == "parse":
             return command_parse(args.token, out, err)
+        if args.command == "iam-policy":
+            return command_iam_policy(
+                args.conn_ids, args.variables, args.everything, args.account_id, args.region, out, err
+            )
         return command_cache_clear(args.directory, out)
     except UsageError as exc:
         print(f"airflow-sm-refs: error: {exc}", file=err)
