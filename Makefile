@@ -18,10 +18,10 @@ COMPAT_TESTS ?= $(shell grep -l '^pytestmark = .*pytest.mark.compat' tests/test_
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check uv || true
-	if [ -x $(BIN)/uv ] && $(BIN)/uv pip install -q --python $(BIN)/python -c constraints.txt -e '.[test]'; then \
+	if [ -x $(BIN)/uv ] && $(BIN)/uv pip install -q --python $(BIN)/python -c constraints.txt -e '.[test,bench]'; then \
 		:; \
 	else \
-		$(BIN)/python -m pip install -q -c constraints.txt -e '.[test]'; \
+		$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,bench]'; \
 	fi
 	touch $(STAMP)
 
