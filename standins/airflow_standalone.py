@@ -147,6 +147,8 @@ class _Component:
     name: str
     args: list[str]
     log_path: Path
+    # Overrides of the harness environment for this process only (extra components).
+    env: Mapping[str, str] | None = None
     popen: subprocess.Popen[bytes] | None = None
     log_file: IO[bytes] | None = field(default=None, repr=False)
     # Size of the (append-mode) log when this process started: what it wrote comes after.
@@ -313,6 +315,8 @@ class AirflowStandalone:
         self._marker = uuid.uuid4().hex
         self._marker_fd: int | None = None
         self._components: dict[str, _Component] = {}
+        # (name, `airflow` arguments, env overrides) added by add_component(), started after the line's own.
+        self._extra_components: list[tuple[str, list[str], dict[str, str]]] = []
         self._token: str | None = None
         self._start_attempt = 1
         self._api_listening_confirmed = False
@@ -568,22 +572,62 @@ class AirflowStandalone:
             for stale in ("airflow-webserver.pid", "airflow-webserver-monitor.pid"):
                 (self.home / stale).unlink(missing_ok=True)
         for name, args in self.line.components(self._triggerer):
-            comp = _Component(name=name, args=args, log_path=self.home / f"{name}.log")
-            comp.log_file = comp.log_path.open("ab")
-            comp.log_offset = comp.log_file.tell()
-            comp.popen = subprocess.Popen(
-                [self.airflow_bin, *args],
-                env=self.env,
-                cwd=self.home,
-                stdin=subprocess.DEVNULL,
-                stdout=comp.log_file,
-                stderr=subprocess.STDOUT,
-                pass_fds=(self._marker_fd,),
-                # Own session/process group: stop() can killpg the whole tree, and a Ctrl-C in the
-                # test terminal does not race our orderly shutdown.
-                start_new_session=True,
-            )
-            self._components[name] = comp
+            self._launch_one(name, args)
+        for name, args, env in self._extra_components:
+            self._launch_one(name, args, env)
+
+    def _launch_one(self, name: str, args: list[str], env: Mapping[str, str] | None = None) -> None:
+        """Start one component process, logging to home/<name>.log."""
+        comp = _Component(name=name, args=args, log_path=self.home / f"{name}.log", env=env)
+        comp.log_file = comp.log_path.open("ab")
+        comp.log_offset = comp.log_file.tell()
+        comp.popen = subprocess.Popen(
+            [self.airflow_bin, *args],
+            env={**self.env, **(env or {}), _MARKER_ENV: self._marker},
+            cwd=self.home,
+            stdin=subprocess.DEVNULL,
+            stdout=comp.log_file,
+            stderr=subprocess.STDOUT,
+            pass_fds=(self._marker_fd,),
+            # Own session/process group: stop() can killpg the whole tree, and a Ctrl-C in the
+            # test terminal does not race our orderly shutdown.
+            start_new_session=True,
+        )
+        self._components[name] = comp
+
+    def add_component(self, name: str, args: Iterable[str], env: Mapping[str, str] | None = None) -> None:
+        """Also run `airflow *args` as a long-running component named `name` (e.g. a Celery worker).
+
+        `env` overrides the harness environment (`self.env`) for this process only, so two workers
+        can differ as two hosts would. The component is started with the others (now, if they are
+        already running), watched by the same liveness checks, relaunched with them after a port
+        clash and stopped with them. Readiness is the caller's to wait for (see `wait_for_log`).
+        """
+        if name in self._components or any(name == extra[0] for extra in self._extra_components):
+            raise AirflowStandaloneError(f"a component named {name!r} already exists")
+        spec = (name, list(args), dict(env or {}))
+        self._extra_components.append(spec)
+        if self._components and not self._stopped:
+            self._launch_one(*spec)
+
+    def wait_for_log(self, name: str, pattern: str, timeout: float = 120.0) -> re.Match[str]:
+        """Wait until component `name`'s own log matches the regex `pattern`; return the match."""
+        comp = self._components.get(name)
+        if comp is None:
+            raise AirflowStandaloneError(f"no component named {name!r}")
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while True:
+            match = regex.search(comp.own_log())
+            if match is not None:
+                return match
+            self._check_alive()
+            if time.monotonic() > deadline:
+                raise AirflowStandaloneError(
+                    f"{name} did not log /{pattern}/ within {timeout}s; tail of {comp.log_path}:\n"
+                    f"{_tail(comp.log_path)}\n{self._diag()}"
+                )
+            time.sleep(0.25)
 
     def wait_ready(self, timeout: float = 120.0) -> None:
         """Block until the API server answers and every started component heartbeats as healthy."""
