@@ -11,7 +11,7 @@ COMPAT_LINES ?= 2.10.3 2.11.0 3.0.6 3.1.8 3.2.1
 # so a module written for the newest Airflow is never imported there.
 COMPAT_TESTS ?= $(shell grep -l '^pytestmark = .*pytest.mark.compat' tests/test_*.py)
 
-.PHONY: venv test e2e demo bench clean test-compat compat-venvs compat-smoke
+.PHONY: venv test e2e e2e-celery demo bench clean test-compat compat-venvs compat-smoke
 
 # Installs with uv when it can be had (much faster), else with pip; both
 # honour constraints.txt, the versions the suite is known to pass with.
@@ -32,6 +32,11 @@ test: venv
 
 e2e: venv
 	$(BIN)/python -m pytest -m e2e $(PYTEST_ARGS)
+
+# CeleryExecutor end to end: a Redis broker (redis-server, see .ci/install-redis.sh), a
+# PostgreSQL metastore and two workers. Marked `celery`, so `make test` leaves it to this target.
+e2e-celery: venv
+	$(BIN)/python -m pytest -m celery $(PYTEST_ARGS) tests/test_e2e_celery.py
 
 demo: venv
 	$(BIN)/python -m demo
