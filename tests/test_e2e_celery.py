@@ -32,7 +32,9 @@ import pytest
 from standins.aws import AwsStandIn
 from tests.conftest import postgres_server
 
-pytestmark = [pytest.mark.e2e, pytest.mark.celery, pytest.mark.timeout(900)]
+# Past every wait below (DB migration, readiness, the run), so that one of them fails first, with
+# the tails of the component logs, rather than pytest-timeout.
+pytestmark = [pytest.mark.e2e, pytest.mark.celery, pytest.mark.timeout(1200)]
 
 BACKEND = "airflow_sm_refs.backend.SecretsManagerRefsBackend"
 DAG_ID = "celery_refs"
@@ -263,13 +265,15 @@ def celery_run(
     with af:
         seconds["started"] = time.monotonic() - began
         af.run_cli("connections", "add", CONN_ID, "--conn-json", json.dumps(CONNECTION))
+        # One deadline for every component, the workers and the DAG's first parse together.
+        ready_by = time.monotonic() + READY_TIMEOUT
         af.wait_ready(timeout=READY_TIMEOUT)
         for name in WORKERS:
             # Celery's own line once the worker consumes: tasks queued before would all go to the other.
-            af.wait_for_log(name, rf"{name}@\S+ ready\.", timeout=READY_TIMEOUT)
+            af.wait_for_log(name, rf"{name}@\S+ ready\.", timeout=max(ready_by - time.monotonic(), 1.0))
         seconds["ready"] = time.monotonic() - began
         aws.reset_counts()
-        run_id = af.trigger(DAG_ID, timeout=READY_TIMEOUT)
+        run_id = af.trigger(DAG_ID, timeout=max(ready_by - time.monotonic(), 30.0))
         state = af.wait_for_run(DAG_ID, run_id, timeout=RUN_TIMEOUT)
         seconds["run"] = time.monotonic() - began - seconds["ready"]
         tis = af._task_instances(DAG_ID, run_id)
