@@ -532,20 +532,18 @@ def command_iam_policy(
     for conn_id in conn_ids:
         conn, problems = _find_connection(conn_id, sources)
         if conn is None:
-            # named: an error; listed by --all but gone since: nothing to grant
-            if ("connection", conn_id) in named:
-                failed = True
-                extra = f"; {'; '.join(problems)}" if problems else ""
-                print(f"connection {conn_id!r}: ERROR: not found (looked in {looked}{extra})", file=err)
+            # Listed by --all and not found: stored but unreadable (a bad URI), as much an error.
+            failed = True
+            extra = f"; {'; '.join(problems)}" if problems else ""
+            print(f"connection {conn_id!r}: ERROR: not found (looked in {looked}{extra})", file=err)
             continue
         owners.append(("connection", conn_id, references_in_connection(conn)))
     for key in variables:
         value, problems = _find_variable(key, sources)
         if value is None:
-            if ("variable", key) in named:
-                failed = True
-                extra = f"; {'; '.join(problems)}" if problems else ""
-                print(f"Variable {key!r}: ERROR: not found (looked in {looked}{extra})", file=err)
+            failed = True
+            extra = f"; {'; '.join(problems)}" if problems else ""
+            print(f"Variable {key!r}: ERROR: not found (looked in {looked}{extra})", file=err)
             continue
         owners.append(("variable", key, references_in_variable(value)))
 

@@ -40,7 +40,7 @@ _ENFORCING_MOTO = r'''
 import json, re, sys
 from werkzeug.exceptions import HTTPException
 from moto.core.exceptions import JsonRESTError
-from moto.core.authorization import ActionAuthenticatorMixin
+from moto.core.responses import ActionAuthenticatorMixin  # moto.core.authorization from 5.1 on, re-exported
 from moto import settings
 from moto.iam import access_control
 from moto.secretsmanager.responses import SecretsManagerResponse
@@ -445,6 +445,15 @@ class TestCommand:
         names = {r.rsplit(":", 1)[1] for r in json.loads(done.stdout)["Statement"][0]["Resource"]}
         assert {"meta/db-??????", "meta/var-??????", "env/db-??????", "env/var-??????"} <= names
         assert "connection 'iam_meta_conn': 1 secret" in done.stderr
+
+    def test_all_reports_a_stored_connection_it_cannot_read(self, env: dict[str, str], metastore: Path) -> None:
+        env["AIRFLOW_CONN_GOOD"] = json.dumps({"conn_type": "http", "password": "{{workato:sm:password:prod/db}}"})
+        env["AIRFLOW_CONN_BROKEN"] = '{"conn_type": "http", "password": '
+
+        done = iam_policy(env, "--all")
+
+        assert done.returncode == 1 and done.stdout == ""
+        assert "connection 'broken': ERROR: not found" in done.stderr and "not valid JSON" in done.stderr
 
     def test_missing_or_malformed_prints_no_policy(self, env: dict[str, str]) -> None:
         env["AIRFLOW_CONN_TYPO"] = json.dumps({"conn_type": "http", "password": "{{workato:sm:password}}"})
