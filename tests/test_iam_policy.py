@@ -255,6 +255,14 @@ def secrets(enforcing_aws: EnforcingAws) -> Setup:
             }
         ),
         "AIRFLOW_VAR_TEAM_TOKEN": "{{workato:sm::team/token}}",
+        # two secrets in one lookup: fetched together (BatchGetSecretValue) where the plugin batches
+        "AIRFLOW_CONN_BOTH": json.dumps(
+            {
+                "conn_type": "http",
+                "login": "{{workato:sm:username:prod/db}}",
+                "password": "{{workato:sm:token:api/partner}}",
+            }
+        ),
     }
     return Setup(env, plain_arn)
 
@@ -385,8 +393,24 @@ class TestUnderEnforcedIam:
         message = str(raised.value)
         assert "connection 'warehouse'" in message and "secret 'prod/db'" in message
         assert "AccessDeniedException" in message
+        # also when it is one of several secrets of one lookup
+        with lookup_fails(SecretAccessDeniedError) as raised:
+            get_connection("both")
+        assert "connection 'both'" in str(raised.value) and "secret 'prod/db'" in str(raised.value)
         # the other secrets still resolve
         assert get_connection("partner_api").extra_dejson["token"] == f"Bearer {TOKEN_VALUE}"
+
+    def test_without_the_batch_statement_lookups_fall_back_to_one_call_per_secret(
+        self, printed: dict[str, Any], enforcing_aws: EnforcingAws, as_principal: Any
+    ) -> None:
+        policy = json.loads(json.dumps(printed))
+        policy["Statement"] = [s for s in policy["Statement"] if s["Action"] != "secretsmanager:BatchGetSecretValue"]
+        as_principal(enforcing_aws.user_with_policy(policy))
+
+        both = get_connection("both")
+
+        assert (both.login, both.password) == (USERNAME, TOKEN_VALUE)
+        assert get_connection("partner_api").extra_dejson["app"] == PLAINTEXT
 
     def test_without_the_account_id_the_policy_matches_any_account(
         self, secrets: Setup, enforcing_aws: EnforcingAws, as_principal: Any
