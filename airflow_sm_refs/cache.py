@@ -159,6 +159,29 @@ class TTLCache(Generic[V]):
             while len(self._failures) > self.maxsize:
                 del self._failures[next(iter(self._failures))]
 
+    def value_of(self, key: Hashable) -> V | None:
+        """The value held for ``key``, fresh or not; ``None`` if none is."""
+        with self._lock:
+            entry = self._entries.get(key)
+            return None if entry is None else entry.value
+
+    def drop(self, key: Hashable) -> None:
+        """Forget the value held for ``key``."""
+        with self._lock:
+            self._entries.pop(key, None)
+
+    def put(self, key: Hashable, value: V, *, ttl: float, age: float = 0.0) -> None:
+        """Store ``value`` for ``key``, fetched ``age`` seconds ago (a batch, or another spelling of a secret)."""
+        if ttl <= 0:
+            return
+        with self._lock:
+            self._failures.pop(key, None)
+            entry = _Entry(value, self.timer() - max(age, 0.0), self.rand(), ttl)
+            self._entries[key] = entry
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.maxsize:
+                self._entries.popitem(last=False)
+
     def recent_failure(self, key: Hashable, window: float) -> BaseException | None:
         """A copy of the failure remembered for ``key`` if it is less than ``window`` seconds old, else ``None``."""
         if window <= 0:

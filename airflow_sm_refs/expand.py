@@ -17,7 +17,7 @@ from urllib.parse import quote, quote_plus
 
 from airflow_sm_refs._exceptions import ReferenceSyntaxError, SecretFetchError, SecretReferenceError
 from airflow_sm_refs.reference import SecretReference, has_reference, split_references
-from airflow_sm_refs.resolver import SecretResolver
+from airflow_sm_refs.resolver import ResolvedSecret, SecretResolver
 
 __all__ = [
     "CONNECTION_FIELDS",
@@ -175,6 +175,11 @@ class Expansion:
         self.mask = mask
         self.check = check
         self.references = 0
+        #: every reference of the value being expanded, for a batch fetch at the first miss
+        self.prefetch_source: Callable[[], list[SecretReference]] | None = None
+        self._prefetched = False
+        #: cache keys the batch fetched: their first serving is reported as from AWS
+        self._batched: set[tuple[str, ...]] = set()
 
     @property
     def resolver(self) -> SecretResolver:
@@ -189,13 +194,17 @@ class Expansion:
         try:
             if self.check is not None:
                 self.check(ref)
-            if self.cached_only:
-                cached = self.resolver.resolve_cached(ref)
-                if cached is None:
-                    raise NotCached(ref.text)
+            cached = self.resolver.resolve_cached(ref)
+            if cached is not None:
                 resolved = cached
+            elif self.cached_only:
+                raise NotCached(ref.text)
             else:
+                self._prefetch_once()
                 resolved = self.resolver.resolve(ref)
+            if self._batched and self.resolver.cache_key(ref) in self._batched:
+                self._batched.discard(self.resolver.cache_key(ref))
+                resolved = ResolvedSecret(resolved.value, "aws (batch)", resolved.seconds)
         except NotCached:
             raise
         except SecretReferenceError as exc:
@@ -256,6 +265,25 @@ class Expansion:
         )
         return resolved.value
 
+    def _prefetch_once(self) -> None:
+        """At the first miss, fetch the secrets of the whole value that no tier holds in batches."""
+        if self._prefetched or self.prefetch_source is None:
+            return
+        self._prefetched = True
+        prefetch = getattr(self.resolver, "prefetch", None)
+        if prefetch is None:
+            return
+        refs = []
+        for ref in self.prefetch_source():
+            if self.check is not None:
+                try:
+                    self.check(ref)
+                except Exception:  # noqa: BLE001 - reported in its place by resolve()
+                    continue
+            refs.append(ref)
+        if len({r.secret_id for r in refs}) >= 2:
+            self._batched = prefetch(refs)
+
     def _warn_if_too_short(self, ref: SecretReference, field: str, value: str) -> None:
         # Airflow's masker skips short values: say so, once per reference, never showing it.
         seen = (self.kind, self.conn_id, field, ref.text, len(value))
@@ -296,6 +324,7 @@ class Expansion:
 
     def variable(self, value: str) -> str:
         """Expand a Variable's value: structurally when it is JSON, as text otherwise."""
+        self.prefetch_source = lambda: _references_in_json(value)
         return self.json_text(value, "value", must_be_json=False)
 
     def json_text(self, text: str, field: str, *, must_be_json: bool) -> str:
@@ -367,6 +396,40 @@ def build_connection(conn: Any, fields: dict[str, Any], conn_class: type | None 
     )
 
 
+def _references_in(text: str) -> list[SecretReference]:
+    if not has_reference(text):
+        return []
+    try:
+        return [seg for seg in split_references(text) if not isinstance(seg, str)]
+    except ReferenceSyntaxError:
+        return []  # reported in its place by the expansion
+
+
+def _references_in_json(text: str) -> list[SecretReference]:
+    if not json_may_hold_references(text):
+        return []
+    try:
+        document = json.loads(text)
+    except (ValueError, RecursionError):
+        return _references_in(text)
+    found: list[SecretReference] = []
+    map_json_strings(document, "", lambda value, _path: found.extend(_references_in(value)))
+    return found
+
+
+def connection_references(conn: Any) -> list[SecretReference]:
+    """Every well-formed reference in ``conn``'s fields and extra, in order."""
+    found: list[SecretReference] = []
+    for name in CONNECTION_FIELDS:
+        value = getattr(conn, name, None)
+        if isinstance(value, str):
+            found += _references_in(value)
+    extra = getattr(conn, "extra", None)
+    if isinstance(extra, str):
+        found += _references_in_json(extra)
+    return found
+
+
 def connection_has_references(conn: Any) -> bool:
     """Whether any field of ``conn`` claims to hold a reference."""
     values = [getattr(conn, name, None) for name in CONNECTION_FIELDS]
@@ -385,6 +448,7 @@ def expand_connection(conn: Any, expansion: Expansion, conn_class: type | None =
     """
     if not connection_has_references(conn):
         return conn
+    expansion.prefetch_source = lambda: connection_references(conn)
     fields: dict[str, Any] = {}
     for name in CONNECTION_FIELDS:
         value = getattr(conn, name, None)

@@ -82,6 +82,43 @@ _TRANSIENT = {
 }
 
 
+def _where(clients: RegionalClients, ref: SecretReference) -> str:
+    return f"secret {ref.secret_id!r} ({ref.version_label}) in {clients.region_for(ref.region) or 'the default region'}"
+
+
+def _error_for_code(code: str, status: int, message: str, ref: SecretReference) -> SecretFetchError:
+    """This package's error for AWS's error ``code`` (and HTTP ``status``) about ``ref``."""
+    if code in _NOT_FOUND:
+        return SecretNotFoundError(message, reference=ref.text)
+    if code in _DENIED:
+        return SecretAccessDeniedError(message, reference=ref.text)
+    if code in _TRANSIENT or status >= 500 or status == 429:
+        return SecretTransientError(message, reference=ref.text)
+    return SecretFetchError(message, reference=ref.text)
+
+
+def _classified(exc: Exception, where: str, ref: SecretReference) -> BaseException:
+    """This package's error for what botocore raised while asking about ``ref``; anything else as it is."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        # AWS's message names the secret and the principal, never the value.
+        message = f"{where}: {code or 'error'}: {error.get('Message', '')}".rstrip(": ")
+        return _error_for_code(code, status, message, ref)
+    if isinstance(exc, BotoCoreError):
+        message = f"{where}: {type(exc).__name__}: {exc}"
+        if isinstance(exc, _botocore_classes(_CREDENTIAL_ERRORS)):
+            return SecretAccessDeniedError(f"{message} (no usable AWS credentials)", reference=ref.text)
+        if isinstance(exc, _botocore_classes(_REQUEST_ERRORS)):
+            return SecretFetchError(message, reference=ref.text)
+        # Connection errors, timeouts and the like: the request may succeed later.
+        return SecretTransientError(message, reference=ref.text)
+    return exc
+
+
 @dataclass(frozen=True)
 class SecretPayload:
     """What AWS returned for one version of a secret. ``repr`` never shows the value."""
@@ -105,41 +142,20 @@ def fetch_secret(clients: RegionalClients, ref: SecretReference) -> SecretPayloa
         or a success answer that holds no secret
     :raises SecretFetchError: anything else (a request botocore refuses to send)
     """
-    from botocore.exceptions import BotoCoreError, ClientError
-
     request: dict[str, Any] = {"SecretId": ref.secret_id}
     if ref.version_id:
         request["VersionId"] = ref.version_id
     elif ref.version_stage:
         request["VersionStage"] = ref.version_stage
-    where = f"secret {ref.secret_id!r} ({ref.version_label}) in {clients.region_for(ref.region) or 'the default region'}"
+    where = _where(clients, ref)
     try:
         # Building the client may already fail (a credential process that errors): inside the try.
         client = clients.client(ref.region)
         count("aws_request")
         with timed("aws_latency"):
             response = client.get_secret_value(**request)
-    except ClientError as exc:
-        error = exc.response.get("Error", {})
-        code = str(error.get("Code", ""))
-        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-        # AWS's message names the secret and the principal, never the value.
-        message = f"{where}: {code or 'error'}: {error.get('Message', '')}".rstrip(": ")
-        if code in _NOT_FOUND:
-            raise SecretNotFoundError(message, reference=ref.text) from None
-        if code in _DENIED:
-            raise SecretAccessDeniedError(message, reference=ref.text) from None
-        if code in _TRANSIENT or status >= 500 or status == 429:
-            raise SecretTransientError(message, reference=ref.text) from None
-        raise SecretFetchError(message, reference=ref.text) from None
-    except BotoCoreError as exc:
-        message = f"{where}: {type(exc).__name__}: {exc}"
-        if isinstance(exc, _botocore_classes(_CREDENTIAL_ERRORS)):
-            raise SecretAccessDeniedError(f"{message} (no usable AWS credentials)", reference=ref.text) from None
-        if isinstance(exc, _botocore_classes(_REQUEST_ERRORS)):
-            raise SecretFetchError(message, reference=ref.text) from None
-        # Connection errors, timeouts and the like: the request may succeed later.
-        raise SecretTransientError(message, reference=ref.text) from None
+    except Exception as exc:
+        raise _classified(exc, where, ref) from None
     if response.get("SecretString") is None and response.get("SecretBinary") is None:
         # A 200 that is not Secrets Manager's answer: botocore parses, say, a
         # proxy's HTML login page to an empty response. It says nothing about
@@ -159,3 +175,101 @@ def fetch_secret(clients: RegionalClients, ref: SecretReference) -> SecretPayloa
         string=response.get("SecretString"),
         binary=response.get("SecretBinary"),
     )
+
+
+#: the most secrets one ``BatchGetSecretValue`` call may name
+BATCH_LIMIT = 20
+
+
+class BatchNotAllowed(Exception):  # noqa: N818 - a signal: fall back to one call per secret
+    """The identity may not call ``BatchGetSecretValue`` at all."""
+
+
+def batchable(ref: SecretReference) -> bool:
+    """Whether ``ref`` may be fetched in a batch: the batch call has no version parameters."""
+    return not ref.version_id and not ref.version_stage
+
+
+def _answers(ref: SecretReference, arn: str, name: str) -> bool:
+    """Whether the secret with ``arn`` and ``name`` is the one ``ref`` names (by name, full or partial ARN)."""
+    wanted = ref.secret_id
+    return wanted in (arn, name) or (arn.startswith(wanted + "-") and len(arn) == len(wanted) + 7)
+
+
+def fetch_batch(
+    clients: RegionalClients, region: str | None, refs: list[SecretReference]
+) -> dict[str, SecretPayload | SecretFetchError]:
+    """Fetch up to :data:`BATCH_LIMIT` secrets of one region (current versions) in one ``BatchGetSecretValue`` call.
+
+    :return: for each requested secret id, its payload or the error AWS gave for it
+        (the same classes :func:`fetch_secret` raises); an id AWS said nothing of is left out
+    :raises BatchNotAllowed: the identity may not call ``BatchGetSecretValue``
+    :raises SecretFetchError: the call as a whole failed (its ``reference`` is the first one's)
+    """
+    ids = list(dict.fromkeys(ref.secret_id for ref in refs))
+    if not 2 <= len(ids) <= BATCH_LIMIT:
+        raise ValueError(f"a batch names 2 to {BATCH_LIMIT} secrets, got {len(ids)}")
+    first = refs[0]
+    where = f"{len(ids)} secrets in {clients.region_for(region) or 'the default region'} (BatchGetSecretValue)"
+    try:
+        client = clients.client(region)
+        count("aws_request")
+        with timed("aws_latency"):
+            response = client.batch_get_secret_value(SecretIdList=ids)
+    except Exception as exc:
+        error = _classified(exc, where, first)
+        if isinstance(error, SecretAccessDeniedError) and type(exc).__name__ == "ClientError":
+            raise BatchNotAllowed(str(error)) from None
+        raise error from None
+    results: dict[str, SecretPayload | SecretFetchError] = {}
+    for item in response.get("SecretValues") or []:
+        arn, name = str(item.get("ARN", "")), str(item.get("Name", ""))
+        if item.get("SecretString") is None and item.get("SecretBinary") is None:
+            continue  # not a whole answer: that secret is fetched on its own
+        for ref in refs:
+            if ref.secret_id not in results and _answers(ref, arn, name):
+                count("aws_fetch")
+                results[ref.secret_id] = SecretPayload(
+                    arn=arn or ref.secret_id,
+                    version_id=str(item.get("VersionId", "")),
+                    string=item.get("SecretString"),
+                    binary=item.get("SecretBinary"),
+                )
+    by_id = {ref.secret_id: ref for ref in refs}
+    for item in response.get("Errors") or []:
+        ref = by_id.get(str(item.get("SecretId", "")))
+        if ref is None or ref.secret_id in results:
+            continue
+        code = str(item.get("ErrorCode", ""))
+        message = f"{_where(clients, ref)}: {code or 'error'}: {item.get('Message', '')}".rstrip(": ")
+        results[ref.secret_id] = _error_for_code(code, 0, message, ref)
+    return results
+
+
+def spellings(arn: str) -> tuple[str, str, str] | None:
+    """The full ARN, partial ARN and name of the secret with ``arn``; ``None`` if it is not a secret's ARN.
+
+    A secret's ARN ends in its name, a hyphen and six characters AWS adds.
+    """
+    parts = arn.split(":", 6)
+    if len(parts) != 7 or parts[2] != "secretsmanager" or parts[5] != "secret":
+        return None
+    resource = parts[6]
+    if len(resource) < 8 or resource[-7] != "-":
+        return None
+    return arn, arn[:-7], resource[:-7]
+
+
+def sibling_keys(key: tuple[str, ...], arn: str) -> list[tuple[str, ...]]:
+    """The cache keys of the other spellings of the secret ``key`` names, whose ARN is ``arn``.
+
+    ``key`` is (identity, region, secret id, version). A name is only the same
+    secret in the ARN's region, so none are given for a key of another region.
+    """
+    names = spellings(arn)
+    if names is None:
+        return []
+    identity, region, asked, version = key
+    if region != arn.split(":")[3]:
+        return []
+    return [(identity, region, spelling, version) for spelling in names if spelling != asked]

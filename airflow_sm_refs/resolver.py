@@ -28,7 +28,15 @@ from airflow_sm_refs._exceptions import (
 )
 from airflow_sm_refs._metrics import count
 from airflow_sm_refs.cache import TTLCache
-from airflow_sm_refs.fetch import SecretPayload, fetch_secret
+from airflow_sm_refs.fetch import (
+    BATCH_LIMIT,
+    BatchNotAllowed,
+    SecretPayload,
+    batchable,
+    fetch_batch,
+    fetch_secret,
+    sibling_keys,
+)
 from airflow_sm_refs.reference import SecretReference
 
 __all__ = ["CacheSettings", "SecretResolver", "PROCESS_CACHE", "ResolvedSecret", "clear_process_cache"]
@@ -46,9 +54,14 @@ DEFAULT_NEGATIVE_CACHE_SECONDS = 10.0
 _NEGATIVE = (SecretNotFoundError, SecretAccessDeniedError)
 
 
+#: identities that may not call BatchGetSecretValue: they fetch one secret per call from then on
+_BATCH_DENIED: set[str] = set()
+
+
 def clear_process_cache() -> None:
-    """Empty the in-process tier."""
+    """Empty the in-process tier, and forget which identities may not batch."""
     PROCESS_CACHE.clear()
+    _BATCH_DENIED.clear()
 
 
 class SharedTier(Protocol):
@@ -148,6 +161,8 @@ class SecretResolver:
                 return payload
             return fetch_secret(self.clients, ref)
 
+        # What this tier held, fresh or not: a not-found or denied answer drops its other spellings too.
+        previous = self.cache.value_of(key)
         try:
             result = self.cache.get_or_load(
                 key,
@@ -158,6 +173,7 @@ class SecretResolver:
                 age=lambda: age[0],
             )
         except _NEGATIVE as exc:
+            self._drop_spellings(key, previous)
             if negative_ttl > 0:
                 # Only the failure is remembered, never a value: no revocation waits on it.
                 self.cache.remember_failure(key, exc, age=age[0])
@@ -175,11 +191,122 @@ class SecretResolver:
                 result.error,
             )
             return result.value, "process cache (stale)"
+        if fetched_from[0] == "aws":
+            self._share_spellings(key, result.value)
         if fetched_from[0] == "worker cache":
             count("cache_hit.worker")
         elif fetched_from[0] == "worker cache (stale)":
             count("stale_served")
         return result.value, fetched_from[0]
+
+    def _share_spellings(self, key: tuple[str, ...], payload: SecretPayload) -> None:
+        """Store a payload just fetched under the secret's other spellings too (name, partial and full ARN).
+
+        The response's ARN gives all three, so a lookup by another spelling of
+        the same secret is a hit, not a second fetch. They are dropped together
+        when AWS says the secret is gone or denied (:meth:`_drop_spellings`).
+        """
+        for other in sibling_keys(key, payload.arn):
+            self.cache.put(other, payload, ttl=self.cache_ttl_seconds)
+            if self.shared is not None and hasattr(self.shared, "store"):
+                self.shared.store(other, payload, ttl=self.cache_ttl_seconds, stale_if_error=self.stale_if_error_seconds)
+
+    def _drop_spellings(self, key: tuple[str, ...], payload: SecretPayload | None) -> None:
+        if payload is None:
+            return
+        for other in sibling_keys(key, payload.arn):
+            self.cache.drop(other)
+            if self.shared is not None and hasattr(self.shared, "drop"):
+                self.shared.drop(other)
+
+    def _answered_without_aws(self, key: tuple[str, ...]) -> bool:
+        if self.cache.peek(key, self.cache_ttl_seconds) is not None:
+            return True
+        if self.cache.recent_failure(key, self.negative_cache_seconds) is not None:
+            return True
+        fresh = getattr(self.shared, "fresh", None)
+        return fresh is not None and fresh(key, self.cache_ttl_seconds, self.negative_cache_seconds)
+
+    def prefetch(self, refs: list[SecretReference]) -> set[tuple[str, ...]]:
+        """Fetch in batches the secrets of ``refs`` that no tier holds, when two or more of one region do.
+
+        Afterwards each is a hit (or a remembered not-found or denied answer)
+        for :meth:`resolve`. Secrets with a version stage or id, a batch that
+        fails as a whole and anything AWS left out are left for
+        :meth:`resolve` to fetch one by one, as it would have. Never raises
+        for a secret: :meth:`resolve` reports each in its place.
+
+        :return: the cache keys of the secrets fetched
+        """
+        if self.clients.identity in _BATCH_DENIED or self.cache_ttl_seconds <= 0:
+            return set()
+        wanted: dict[tuple[str, ...], SecretReference] = {}
+        for ref in refs:
+            if batchable(ref):
+                key = self.cache_key(ref)
+                if key not in wanted and not self._answered_without_aws(key):
+                    wanted[key] = ref
+        by_region: dict[str, list[tuple[tuple[str, ...], SecretReference]]] = {}
+        for key, ref in wanted.items():
+            by_region.setdefault(key[1], []).append((key, ref))
+        fetched: set[tuple[str, ...]] = set()
+        for items in by_region.values():
+            for start in range(0, len(items), BATCH_LIMIT):
+                chunk = items[start : start + BATCH_LIMIT]
+                if len(chunk) >= 2:
+                    fetched |= self._fetch_batch(chunk)
+        return fetched
+
+    def _fetch_batch(self, items: list[tuple[tuple[str, ...], SecretReference]]) -> set[tuple[str, ...]]:
+        if self.shared is not None and hasattr(self.shared, "locked_many"):
+            # No two processes fetch one secret at once: hold every entry's
+            # stripe, then ask again what another process fetched meanwhile.
+            with self.shared.locked_many([key for key, _ in items]):
+                items = [(key, ref) for key, ref in items if not self._answered_without_aws(key)]
+                return self._fetch_batch_unlocked(items) if len(items) >= 2 else set()
+        return self._fetch_batch_unlocked(items)
+
+    def _fetch_batch_unlocked(self, items: list[tuple[tuple[str, ...], SecretReference]]) -> set[tuple[str, ...]]:
+        refs = [ref for _, ref in items]
+        started = time.perf_counter()
+        try:
+            results = fetch_batch(self.clients, refs[0].region, refs)
+        except BatchNotAllowed as exc:
+            if self.clients.identity not in _BATCH_DENIED:
+                _BATCH_DENIED.add(self.clients.identity)
+                log.info(
+                    "BatchGetSecretValue is not allowed for this AWS identity (%s); fetching one secret per "
+                    "GetSecretValue call from now on in this process. Allow secretsmanager:BatchGetSecretValue "
+                    "to make one call for a connection's secrets.",
+                    exc,
+                )
+            return set()
+        except SecretReferenceError as exc:
+            log.debug("BatchGetSecretValue failed (%s); fetching the secrets one by one", exc.detail)
+            return set()
+        fetched: set[tuple[str, ...]] = set()
+        for key, ref in items:
+            result = results.get(ref.secret_id)
+            if isinstance(result, SecretPayload):
+                fetched.add(key)
+                self.cache.put(key, result, ttl=self.cache_ttl_seconds)
+                if self.shared is not None and hasattr(self.shared, "store"):
+                    self.shared.store(key, result, ttl=self.cache_ttl_seconds, stale_if_error=self.stale_if_error_seconds)
+                self._share_spellings(key, result)
+            elif isinstance(result, _NEGATIVE) and self.negative_cache_seconds > 0:
+                # Remembered as a single fetch's answer would be; resolve() raises it in its place.
+                self.cache.remember_failure(key, result)
+                if self.shared is not None and hasattr(self.shared, "store_failure"):
+                    self.shared.store_failure(
+                        key, result, ttl=self.cache_ttl_seconds, stale_if_error=self.stale_if_error_seconds
+                    )
+        log.info(
+            "fetched %d of %d secrets in one BatchGetSecretValue call in %.1f ms",
+            len(fetched),
+            len(items),
+            (time.perf_counter() - started) * 1000,
+        )
+        return fetched
 
     def resolve_cached(self, ref: SecretReference) -> ResolvedSecret | None:
         """The value of ``ref`` if the in-process tier holds it fresh, else ``None``; never waits."""
@@ -188,7 +315,12 @@ class SecretResolver:
         if payload is None:
             return None
         count("cache_hit.process")
-        return ResolvedSecret(extract_value(ref, payload), "process cache", time.perf_counter() - started)
+        try:
+            value = extract_value(ref, payload)
+        except SecretReferenceError as exc:
+            count(f"error.{type(exc).__name__}")
+            raise
+        return ResolvedSecret(value, "process cache", time.perf_counter() - started)
 
     def resolve(self, ref: SecretReference) -> ResolvedSecret:
         """The value ``ref`` names: the whole secret, or one key of its JSON.

@@ -45,7 +45,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 
 from airflow_sm_refs._exceptions import SecretFetchError
@@ -59,7 +59,7 @@ from airflow_sm_refs._worker_entry import (
     _Failure,
 )
 from airflow_sm_refs.cache import DEFAULT_JITTER
-from airflow_sm_refs.fetch import SecretPayload
+from airflow_sm_refs.fetch import SecretPayload, sibling_keys
 
 __all__ = [
     "WorkerCache",
@@ -252,6 +252,10 @@ class WorkerCache:
                     exc = failure.error()
                     # ...and it stays as old as it is: a throttled retry does not renew the negative window.
                     failed_at = current.fetched_at
+            if not failure.transient and current is not None and current.payload is not None:
+                # Gone or denied: the value goes under every spelling of the secret.
+                for other in sibling_keys(key, current.payload.arn):
+                    self.drop(other)
             # The value (if any) is dropped; the error (which holds no value)
             # stays for the processes waiting on this attempt.
             record = _Entry(key, _new_attempt(), None, fetched_at=failed_at, failure=failure)
@@ -276,6 +280,58 @@ class WorkerCache:
             failure.detail,
         )
         return entry.payload, "worker cache (stale)", now - entry.fetched_at
+
+    # --- batches and other spellings ---------------------------------------
+    def fresh(self, key: tuple[str, ...], ttl: float, negative_ttl: float = 0.0) -> bool:
+        """Whether a lookup of ``key`` would be answered from this tier without AWS: a fresh
+        value, or a not-found or denied answer within ``negative_ttl``."""
+        if ttl <= 0 or self._dir_fd is None:
+            return False
+        entry = self._read(_entry_name(key), key)
+        if entry is None:
+            return False
+        now = self.timer()
+        if entry.is_fresh(now, ttl, self.jitter):
+            return True
+        try:
+            _raise_if_remembered(entry, now, negative_ttl)
+        except SecretFetchError:
+            return True
+        return False
+
+    def store(self, key: tuple[str, ...], payload: SecretPayload, *, ttl: float, stale_if_error: float) -> None:
+        """Record ``payload`` for ``key``, fetched just now (by a batch, or under another spelling)."""
+        if ttl > 0 and self._dir_fd is not None:
+            entry = _Entry(key, _new_attempt(), payload, fetched_at=self.timer(), draw=self.rand())
+            self._write(_entry_name(key), entry, ttl + stale_if_error)
+
+    def drop(self, key: tuple[str, ...]) -> None:
+        """Delete the entry for ``key``, if any."""
+        self._unlink(_entry_name(key) + ".entry")
+
+    def store_failure(self, key: tuple[str, ...], exc: SecretFetchError, *, ttl: float, stale_if_error: float) -> None:
+        """Record AWS's not-found or denied answer for ``key`` (from a batch); any value held is dropped."""
+        if ttl > 0 and self._dir_fd is not None:
+            record = _Entry(key, _new_attempt(), None, fetched_at=self.timer(), failure=_Failure.of(exc))
+            if not self._write(_entry_name(key), record, ttl + stale_if_error):
+                self._unlink(_entry_name(key) + ".entry")
+
+    @contextmanager
+    def locked_many(self, keys: list[tuple[str, ...]]) -> Iterator[None]:
+        """Hold the lock stripes of all ``keys``, taken in one fixed (sorted) order.
+
+        Every other holder takes one stripe and waits for no other while
+        holding it, and batches take theirs in the same order: no two holders
+        can each wait for the other.
+        """
+        stripes: dict[str, tuple[str, tuple[str, ...]]] = {}
+        for key in keys:
+            name = _entry_name(key)
+            stripes.setdefault(_lock_name(name), (name, key))
+        with ExitStack() as stack:
+            for stripe in sorted(stripes):
+                stack.enter_context(self._locked(*stripes[stripe]))
+            yield
 
     # --- inspection ---------------------------------------------------------
     def peek(self, key: tuple[str, ...], ttl: float = 0.0) -> tuple[SecretPayload, float] | None:

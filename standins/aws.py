@@ -112,7 +112,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             data = response.read()
         finally:
             upstream.close()
-        if action == "GetSecretValue" and response.status == 200:
+        if action in ("GetSecretValue", "BatchGetSecretValue") and response.status == 200:
             self.server.stand_in._remember_served(data)
         self.send_response(response.status)
         for key, value in response.getheaders():
@@ -138,6 +138,8 @@ class AwsStandIn:
         self._calls: collections.Counter[str] = collections.Counter()
         self._faults: collections.deque[InjectedFault] = collections.deque()
         self._fail_all: InjectedFault | None = None
+        #: actions answered AccessDeniedException, as an IAM policy without them would
+        self._denied_actions: set[str] = set()
         self._served: set[str] = set()
         self._keys: collections.defaultdict[str, set[str]] = collections.defaultdict(set)
         self._moto = None
@@ -257,6 +259,7 @@ class AwsStandIn:
             self._calls.clear()
             self._faults.clear()
             self._fail_all = None
+            self._denied_actions.clear()
             self._served.clear()
             self._keys.clear()
 
@@ -268,6 +271,10 @@ class AwsStandIn:
             document = json.loads(body)
         except ValueError:
             return
+        # BatchGetSecretValue: one answer per secret, each like GetSecretValue's.
+        for item in document.get("SecretValues") or []:
+            if isinstance(item, dict):
+                self._remember_served(json.dumps(item).encode())
         values: list[str] = []
         text = document.get("SecretString")
         if isinstance(text, str):
@@ -328,6 +335,8 @@ class AwsStandIn:
             self._calls[action] += 1
             if access_key:
                 self._keys[action].add(access_key)
+            if action in self._denied_actions:
+                return InjectedFault(400, "AccessDeniedException", f"not authorized to perform secretsmanager:{action}")
             if self._faults:
                 return self._faults.popleft()
             return self._fail_all
@@ -358,6 +367,17 @@ class AwsStandIn:
         """Answer the next ``times`` requests with ``fault`` instead of forwarding them."""
         with self._lock:
             self._faults.extend([fault] * times)
+
+    @contextmanager
+    def denying(self, action: str) -> Iterator[None]:
+        """Answer every ``action`` request with AccessDeniedException while the block runs (counted, not forwarded)."""
+        with self._lock:
+            self._denied_actions.add(action)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._denied_actions.discard(action)
 
     @contextmanager
     def failing(self, fault: InjectedFault) -> Iterator[None]:

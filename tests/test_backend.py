@@ -81,7 +81,9 @@ class TestSecretsManagerRefsBackend:
         conn = get_connection("api")
         assert conn.password == "Bearer tok-123456"
         assert conn.host == "app_user.app_user.example"
-        assert backend_configured.calls() == 2
+        # two secrets, cold: one BatchGetSecretValue request for both
+        assert backend_configured.calls("BatchGetSecretValue") == 1
+        assert backend_configured.total_calls() == 1
 
     def test_token_in_every_field_nested_extra_and_lists(
         self, backend_configured: AwsStandIn, monkeypatch: pytest.MonkeyPatch

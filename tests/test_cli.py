@@ -352,7 +352,8 @@ class TestCacheClear:
         run = cli("cache", "clear")
 
         assert run.code == 0, run.text
-        assert f"cleared 3 entries from the per-worker cache in {cli.cache_dir}" in run.out
+        # 3 secrets, each under its 3 spellings (name, partial and full ARN)
+        assert f"cleared 9 entries from the per-worker cache in {cli.cache_dir}" in run.out
         # the next check fetches again
         cli.aws.reset_counts()
         assert cli("check", "warehouse").code == 0

@@ -97,8 +97,9 @@ class TestSecretsManagerRefsHook:
         # a password holding quotes and backslashes cannot change the structure of extra
         assert conn.extra_dejson == {"headers": {"Authorization": f"Bearer {TOKEN_VALUE}"}, "n": 1}
         assert raw.password == "{{ workato:sm:password:prod/db }}"
-        # two keys of one secret, and another secret: one fetch each
-        assert secrets.calls() == 2
+        # two keys of one secret, and another secret: both in one BatchGetSecretValue request
+        assert secrets.calls("BatchGetSecretValue") == 1
+        assert secrets.calls() == 0
 
     def test_resolve_connection_of_a_metastore_connection(
         self, secrets: AwsStandIn, monkeypatch: pytest.MonkeyPatch

@@ -64,6 +64,12 @@ class DictResolver:
         self.calls += 1
         return ResolvedSecret(self.values[ref.text], "process cache", 0.0)
 
+    def resolve_cached(self, ref: SecretReference) -> None:
+        return None  # every lookup goes through resolve(), which counts it
+
+    def cache_key(self, ref: SecretReference) -> tuple[str, ...]:
+        return ("test", "", ref.secret_id, "stage:AWSCURRENT")
+
 
 def expansion(values: dict[str, str]) -> tuple[Expansion, DictResolver, list[str]]:
     resolver = DictResolver(values)
