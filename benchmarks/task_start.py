@@ -29,13 +29,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="airflow-sm-refs-bench-")
-os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
-os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
-for _name in ("AIRFLOW__SECRETS__BACKEND", "AIRFLOW__SECRETS__BACKEND_KWARGS", "AWS_PROFILE", "AWS_ENDPOINT_URL"):
-    os.environ.pop(_name, None)
+from _bench_env import prepare  # noqa: E402 - benchmarks/ is the script's directory
+
+ROOT = prepare()
 
 from standins.aws import AwsStandIn  # noqa: E402
 

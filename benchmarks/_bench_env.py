@@ -1,0 +1,23 @@
+"""What every benchmark sets up before importing Airflow: the repo on the path, a throwaway
+AIRFLOW_HOME, fake AWS credentials, and no secrets backend or AWS setting inherited from the shell."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def prepare() -> Path:
+    """Set the process up for a benchmark; return the repo root."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="airflow-sm-refs-bench-")
+    os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
+    os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+    for name in ("AIRFLOW__SECRETS__BACKEND", "AIRFLOW__SECRETS__BACKEND_KWARGS", "AWS_PROFILE", "AWS_ENDPOINT_URL"):
+        os.environ.pop(name, None)
+    return ROOT
