@@ -3,6 +3,7 @@ AIRFLOW_HOME, fake AWS credentials, and no secrets backend or AWS setting inheri
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
@@ -21,3 +22,13 @@ def prepare() -> Path:
     for name in ("AIRFLOW__SECRETS__BACKEND", "AIRFLOW__SECRETS__BACKEND_KWARGS", "AWS_PROFILE", "AWS_ENDPOINT_URL"):
         os.environ.pop(name, None)
     return ROOT
+
+
+#: where benchmarks leave their figures for benchmarks/charts.py
+RESULTS = Path(os.environ.get("BENCH_RESULTS_DIR", ROOT / "benchmarks" / "results"))
+
+
+def save_results(name: str, data: dict) -> None:
+    """Write ``data`` as ``<RESULTS>/<name>.json``."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=1))

@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _bench_env import prepare  # noqa: E402 - benchmarks/ is the script's directory
+from _bench_env import prepare, save_results  # noqa: E402 - benchmarks/ is the script's directory
 
 ROOT = prepare()
 
@@ -112,6 +112,16 @@ def main() -> None:
                 calls[mode] += aws.calls() - before
     shutil.rmtree(cache_dir, ignore_errors=True)
     plain = {k: statistics.median(s[k] for s in samples["plain"]) for k in ("wall", "cpu", "rss_kib")}
+    save_results(
+        "task_start",
+        {
+            "runs": args.runs,
+            "modes": {
+                mode: {k: statistics.median(s[k] for s in samples[mode]) / plain[k] for k in ("wall", "cpu")}
+                for mode in MODES
+            },
+        },
+    )
     print(f"{args.runs} runs each, medians; AWS calls counted at the server\n")
     print("| task process | wall ms | × plain | CPU ms | × plain | peak RSS MiB | botocore imported | AWS calls / run |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |")

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from _bench_env import prepare  # noqa: E402 - benchmarks/ is the script's directory
+from _bench_env import prepare, save_results  # noqa: E402 - benchmarks/ is the script's directory
 
 ROOT = prepare()
 
@@ -176,6 +176,17 @@ def main() -> None:
             cells = [bursts[(mode, n, phase)] for mode in MODES]
             print(f"{n:>3} {phase:<5} | " + " | ".join(f"{calls:>9} {ms:>11.1f}" for calls, ms in cells))
     print("\ncold: empty worker cache; warm: the same burst again within the TTL (new processes)")
+
+    save_results(
+        "worker_cache",
+        {
+            "sizes": args.sizes,
+            "bursts": [
+                {"mode": mode, "n": n, "phase": phase, "aws_calls": calls, "wall_ms": ms}
+                for (mode, n, phase), (calls, ms) in bursts.items()
+            ],
+        },
+    )
 
     print("\nOne reference lookup (SecretResolver.resolve), by the tier that serves it\n")
     width = max(len(name) for name, _ in tiers)
