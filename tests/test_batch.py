@@ -44,6 +44,13 @@ def three_secret_connection(first: str = "batch/s0") -> dict[str, Any]:
     }
 
 
+def _moto_lists_missing_secrets() -> bool:
+    from importlib.metadata import version
+
+    major, minor = (int(part) for part in version("moto").split(".")[:2])
+    return (major, minor) >= (5, 1)
+
+
 @pytest.fixture
 def configured(aws: AwsStandIn, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> AwsStandIn:
     configure_backend(
@@ -82,13 +89,15 @@ def test_a_batch_with_one_missing_secret_fails_naming_it_only(
     assert error.reference == "{{workato:sm:password:batch/s1}}"
     assert (error.conn_id, error.field) == ("db", "password")
     assert "batch/s0" not in str(error) and "batch/s2" not in str(error)
-    # One batch call, and the missing secret's answer came from it: no second request for it.
+    # One batch call. AWS (and moto 5.1+) answer the missing secret in Errors[], which fails it
+    # with no second request; moto 5.0 leaves it out, and a secret left out is asked on its own.
     assert configured.calls("BatchGetSecretValue") == 1
-    assert configured.calls("GetSecretValue") == 0
+    assert configured.calls("GetSecretValue") <= (0 if _moto_lists_missing_secrets() else 1)
     # The secrets that exist were fetched and are served from the cache now.
+    before = configured.total_calls()
     set_conn(monkeypatch, "other", {"conn_type": "http", "password": "{{workato:sm:password:batch/s2}}"})
     assert get_connection("other").password == "batch-value-2-Qx7"
-    assert configured.total_calls() == 1
+    assert configured.total_calls() == before
 
 
 def test_with_the_batch_action_denied_lookups_resolve_and_the_batch_is_tried_once(
