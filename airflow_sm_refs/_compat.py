@@ -190,17 +190,28 @@ def later_backends() -> list[Any]:
     Airflow's chain, which ends at the metastore: the SDK's fallback chain
     has none, and core Airflow would then hand out the metastore's raw value.
     """
+    global _later_memo
     if not HAS_TASK_SDK:
         return list(_core_chain())
     from airflow.sdk.execution_time.supervisor import ensure_secrets_backend_loaded
 
-    chain = list(ensure_secrets_backend_loaded())
-    if _supervisor_comms() is not None or any(type(b).__name__ == "MetastoreBackend" for b in chain):
-        return chain
-    # The SDK's fallback chain (the environment and external backends, which
-    # build the SDK's cheaper Connection) first; the metastore, which only
-    # core Airflow's chain has, last.
-    return chain + [b for b in _core_chain() if type(b).__name__ == "MetastoreBackend"]
+    loaded = ensure_secrets_backend_loaded()
+    comms = _supervisor_comms()
+    memo = _later_memo
+    if memo is not None and memo[0] is loaded and memo[1] is comms and len(loaded) == memo[2]:
+        return memo[3]  # the same chain as last time (the SDK memoises it): a warm lookup skips the rest
+    chain = list(loaded)
+    if comms is None and not any(type(b).__name__ == "MetastoreBackend" for b in chain):
+        # The SDK's fallback chain (the environment and external backends, which
+        # build the SDK's cheaper Connection) first; the metastore, which only
+        # core Airflow's chain has, last.
+        chain += [b for b in _core_chain() if type(b).__name__ == "MetastoreBackend"]
+    _later_memo = (loaded, comms, len(loaded), chain)
+    return chain
+
+
+#: (the SDK's chain object, the supervisor connection, its length, the chain built from them)
+_later_memo: tuple[Any, Any, int, list[Any]] | None = None
 
 
 #: where the core chain is memoised: inside the Task SDK's own cache of
@@ -421,6 +432,8 @@ def base_hook() -> type:
 
 def reset_secrets_chain() -> None:
     """Make Airflow build its secrets backend chain again, from the current configuration."""
+    global _later_memo
+    _later_memo = None
     import airflow.configuration as configuration
 
     try:

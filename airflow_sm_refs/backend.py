@@ -264,6 +264,12 @@ class SecretsManagerRefsBackend(BaseSecretsBackend):
         from airflow_sm_refs.policy import AccessPolicy
 
         self.policy = AccessPolicy.from_options(allowed_secrets, allowed_conn_ids, allowed_variables)
+        from airflow_sm_refs.expand import ExpansionMemo
+
+        #: this backend's recent expansions (its allowlists and identity are fixed, so they hold for it alone)
+        self._memo = ExpansionMemo()
+        #: (the chain as last seen, the backends after this one in it)
+        self._later_memo: tuple[list[Any], list[Any]] | None = None
 
     @cached_property
     def resolver(self) -> SecretResolver:
@@ -289,7 +295,13 @@ class SecretsManagerRefsBackend(BaseSecretsBackend):
 
     def _later_backends(self) -> list[Any]:
         """The backends of the current chain, less any instance of this class."""
-        return [b for b in later_backends() if not isinstance(b, SecretsManagerRefsBackend)]
+        chain = later_backends()
+        memo = self._later_memo
+        if memo is not None and memo[0] is chain:
+            return memo[1]
+        later = [b for b in chain if not isinstance(b, SecretsManagerRefsBackend)]
+        self._later_memo = (chain, later)
+        return later
 
     def _ask_chain(self, method: str, key: str, team_name: str | None) -> Any:
         """The raw value of ``key`` from the backends after this one, then the chain's last resort."""
@@ -345,16 +357,32 @@ class SecretsManagerRefsBackend(BaseSecretsBackend):
         return SecretLookupAborted(error)
 
     def _expand_raw_connection(self, raw: Any, conn_id: str) -> Any:
-        from airflow_sm_refs.expand import expand_connection
+        from airflow_sm_refs.expand import CONNECTION_FIELDS, build_connection, connection_memo_key, expand_connection
 
+        conn_class = connection_class_of(self)
         try:
-            return expand_connection(raw, self._expansion(conn_id, "connection"), connection_class_of(self))
+            memo_key = connection_memo_key(raw, conn_class)
+            fields = self._memo.get(memo_key, lambda: self.resolver)
+            if fields is not None:
+                return build_connection(raw, fields, conn_class)
+            expansion = self._expansion(conn_id, "connection")
+            conn = expand_connection(raw, expansion, conn_class)
+            if conn is not raw:
+                self._memo.put(memo_key, {name: getattr(conn, name, None) for name in (*CONNECTION_FIELDS, "extra")}, expansion)
+            return conn
         except Exception as exc:
             raise self._fail_closed(exc, conn_id, "connection") from None
 
     def _expand_raw_variable(self, raw: str, key: str) -> str:
         try:
-            return self._expansion(key, "variable").variable(raw)
+            memo_key = ("variable", key, raw)
+            value = self._memo.get(memo_key, lambda: self.resolver)
+            if value is not None:
+                return value
+            expansion = self._expansion(key, "variable")
+            value = expansion.variable(raw)
+            self._memo.put(memo_key, value, expansion)
+            return value
         except Exception as exc:
             raise self._fail_closed(exc, key, "variable") from None
 

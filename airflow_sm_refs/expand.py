@@ -128,12 +128,48 @@ def _default_mask(value: str) -> None:
     seen.add(digest)
 
 
+def _mask_all(values: tuple[str, ...]) -> None:
+    """:func:`_default_mask` for each of ``values``, asking for the masker once."""
+    from airflow_sm_refs._compat import secrets_masker
+
+    seen = _remembered(secrets_masker())
+    for value in values:
+        if hashlib.sha256(value.encode("utf-8", "surrogatepass")).digest() not in seen:
+            _default_mask(value)
+
+
 def too_short_to_mask(value: str) -> bool:
     """Whether ``value``, or a string inside it, is non-empty and shorter than Airflow masks."""
     from airflow_sm_refs._compat import min_masked_length
 
     minimum = min_masked_length()
     return any(0 < len(text) < minimum for text in (value, *_nested_strings(value)))
+
+
+def log_served(kind: str, conn_id: str | None, field: str, ref: SecretReference, source: str, seconds: float) -> None:
+    """The audit line for one resolved reference: INFO, or DEBUG for a process-cache hit logged before."""
+    level = logging.INFO
+    if source == "process cache":
+        seen = (kind, conn_id, field, ref.text)
+        if seen in _LOGGED_HITS:
+            level = logging.DEBUG
+        else:
+            if len(_LOGGED_HITS) >= _MAX_LOGGED_HITS:
+                _LOGGED_HITS.clear()
+            _LOGGED_HITS.add(seen)
+    if not log.isEnabledFor(level):
+        return
+    log.log(
+        level,
+        "%s %r field %r: secret %s (%s) from %s in %.1f ms: ok",
+        kind,
+        conn_id,
+        field,
+        _describe(ref),
+        ref.version_label,
+        source,
+        seconds * 1000,
+    )
 
 
 class NotCached(Exception):  # noqa: N818 - a signal, not an error
@@ -180,6 +216,8 @@ class Expansion:
         self._prefetched = False
         #: cache keys the batch fetched: their first serving is reported as from AWS
         self._batched: set[tuple[str, ...]] = set()
+        #: (reference, field, value) of every reference resolved, in order, for :class:`ExpansionMemo`
+        self.served: list[tuple[SecretReference, str, str]] = []
 
     @property
     def resolver(self) -> SecretResolver:
@@ -240,29 +278,9 @@ class Expansion:
         # Masked before anything else can print it, spliced or not, whatever
         # the key it sits under.
         self.mask(resolved.value)
+        self.served.append((ref, field, resolved.value))
         self._warn_if_too_short(ref, field, resolved.value)
-        level = logging.INFO
-        if resolved.source == "process cache":
-            seen = (self.kind, self.conn_id, field, ref.text)
-            if seen in _LOGGED_HITS:
-                level = logging.DEBUG
-            else:
-                if len(_LOGGED_HITS) >= _MAX_LOGGED_HITS:
-                    _LOGGED_HITS.clear()
-                _LOGGED_HITS.add(seen)
-        if not log.isEnabledFor(level):
-            return resolved.value
-        log.log(
-            level,
-            "%s %r field %r: secret %s (%s) from %s in %.1f ms: ok",
-            self.kind,
-            self.conn_id,
-            field,
-            _describe(ref),
-            ref.version_label,
-            resolved.source,
-            resolved.seconds * 1000,
-        )
+        log_served(self.kind, self.conn_id, field, ref, resolved.source, resolved.seconds)
         return resolved.value
 
     def _prefetch_once(self) -> None:
@@ -349,6 +367,99 @@ class Expansion:
         before = self.references
         expanded = self.json_value(document, field)
         return text if self.references == before else json.dumps(expanded)
+
+
+#: (result, (cache key, payload) it depends on, values to mask, mask, (kind, id, field, reference) served)
+_MemoEntry = tuple[Any, tuple[tuple[tuple[str, ...], Any], ...], tuple[str, ...], Callable[[str], None], tuple[tuple[str, "str | None", str, SecretReference], ...]]
+
+
+class ExpansionMemo:
+    """The results of recent expansions, served again while nothing they depend on has changed.
+
+    A warm lookup would otherwise parse every field, resolve every reference
+    and serialise ``extra`` again, to build what it built last time. An entry
+    is keyed on the raw value (every field of a connection, or a Variable's
+    text), so an edit is a miss. It is served only while each secret it used
+    is still the *same* payload object, fresh by the resolver's TTL, in the
+    in-process tier: a rotation, an expiry, a stale-served value, a dropped
+    entry or a cleared cache is a miss, and the full expansion runs. Its values
+    are handed to the masker again on every hit (a no-op unless the masker was
+    reset, as Airflow does before each task).
+    """
+
+    def __init__(self, maxsize: int = 256) -> None:
+        self.maxsize = maxsize
+        self._entries: dict[Any, _MemoEntry] = {}
+
+    def get(self, key: Any, resolver: Callable[[], SecretResolver]) -> Any | None:
+        """The memoised result for ``key``, or ``None``; ``resolver`` is only called when there is one."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        result, deps, values, mask, served = entry
+        current = resolver()
+        cache, ttl = current.cache, current.cache_ttl_seconds
+        for cache_key, payload in deps:
+            if cache.peek(cache_key, ttl) is not payload:
+                self._entries.pop(key, None)
+                return None
+        if mask is _default_mask:
+            _mask_all(values)
+        else:
+            for value in values:
+                mask(value)
+        from airflow_sm_refs._metrics import count
+
+        count("cache_hit.process", len(values))
+        # The audit lines the full expansion would write: each once at INFO, then DEBUG.
+        if log.isEnabledFor(logging.DEBUG) or not _LOGGED_HITS.issuperset(
+            (kind, conn_id, field, ref.text) for kind, conn_id, field, ref in served
+        ):
+            for kind, conn_id, field, ref in served:
+                log_served(kind, conn_id, field, ref, "process cache", 0.0)
+        return result
+
+    def put(self, key: Any, result: Any, expansion: Expansion) -> None:
+        """Remember ``result`` of ``expansion`` for ``key``, if every secret it used is in the in-process tier."""
+        if not expansion.served or expansion.cached_only:
+            return
+        resolver = expansion.resolver
+        cache = getattr(resolver, "cache", None)
+        if cache is None or getattr(resolver, "cache_ttl_seconds", 0) <= 0:
+            return
+        deps = []
+        for ref in dict.fromkeys(ref for ref, _, _ in expansion.served):
+            cache_key = resolver.cache_key(ref)
+            payload = cache.value_of(cache_key)
+            if payload is None:
+                return
+            deps.append((cache_key, payload))
+        if len(self._entries) >= self.maxsize:
+            self._entries.clear()
+        self._entries[key] = (
+            result,
+            tuple(deps),
+            tuple(value for _, _, value in expansion.served),
+            expansion.mask,
+            tuple((expansion.kind, expansion.conn_id, field, ref) for ref, field, _ in expansion.served),
+        )
+
+    def clear(self) -> None:
+        """Forget every result."""
+        self._entries.clear()
+
+
+def connection_memo_key(conn: Any, conn_class: type | None) -> tuple[Any, ...]:
+    """What :class:`ExpansionMemo` keys a connection's expansion on: all of its raw fields."""
+    return (
+        conn_class,
+        conn.conn_id,
+        conn.conn_type,
+        *(getattr(conn, name, None) for name in CONNECTION_FIELDS),
+        getattr(conn, "extra", None),
+        conn.port,
+        getattr(conn, "description", None),
+    )
 
 
 def json_may_hold_references(text: str) -> bool:
