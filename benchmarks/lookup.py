@@ -7,9 +7,9 @@
 
 Prints lookups per second, microseconds per lookup and AWS calls per 100
 lookups (counted at the server), plus the cold first lookup of each.
-Target (issue 2): refs costs at most 1.5x plain and makes no AWS call.
+Target: refs costs at most 1.10x plain and makes no AWS call.
 
-    .venv/bin/python benchmarks/lookup.py [--lookups N] [--profile]
+    .venv/bin/python benchmarks/lookup.py [--lookups N] [--rounds R] [--profile]
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -72,7 +73,8 @@ def measure(conn_id: str, lookups: int, aws: AwsStandIn, expect_password: str) -
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--lookups", type=int, default=3000)
+    parser.add_argument("--lookups", type=int, default=3000, help="warm lookups per round")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating plain/plugin rounds; medians are shown")
     parser.add_argument("--profile", action="store_true", help="profile the warm refs lookups with cProfile")
     args = parser.parse_args()
 
@@ -87,14 +89,23 @@ def main() -> int:
         logging.getLogger("airflow_sm_refs").setLevel(logging.INFO)
 
         results: dict[str, dict[str, float]] = {}
-        configure(None)
-        results["plain, no backend"] = measure("plain_db", args.lookups, aws, SECRET["password"])
-
-        configure(
+        plugin = (
             "airflow_sm_refs.backend.SecretsManagerRefsBackend",
             {"region_name": "us-east-1", "endpoint_url": aws.endpoint_url, "shared_cache": False},
         )
-        results["airflow-sm-refs (2 refs)"] = measure("refs_db", args.lookups, aws, SECRET["password"])
+        # Plain and plugin in alternating rounds, the median per lookup of each: a
+        # machine whose load changes during the run shifts both alike.
+        rounds: dict[str, list[dict[str, float]]] = {"plain, no backend": [], "airflow-sm-refs (2 refs)": []}
+        for _ in range(args.rounds):
+            configure(None)
+            rounds["plain, no backend"].append(measure("plain_db", args.lookups, aws, SECRET["password"]))
+            configure(*plugin)
+            rounds["airflow-sm-refs (2 refs)"].append(measure("refs_db", args.lookups, aws, SECRET["password"]))
+        for name, samples in rounds.items():
+            results[name] = {
+                "cold_ms": samples[0]["cold_ms"],
+                **{k: statistics.median(s[k] for s in samples) for k in ("per_lookup_us", "per_second", "aws_per_100")},
+            }
         if args.profile:
             import cProfile
             import pstats
@@ -131,7 +142,7 @@ def main() -> int:
     ratio = results["airflow-sm-refs (2 refs)"]["per_lookup_us"] / plain
     calls = results["airflow-sm-refs (2 refs)"]["aws_per_100"]
     print()
-    print(f"target: warm refs lookup <= 1.5x plain and 0 AWS calls -> {ratio:.2f}x, {calls:.0f} calls: {'MET' if ratio <= 1.5 and calls == 0 else 'NOT MET'}")
+    print(f"target: warm refs lookup <= 1.10x plain and 0 AWS calls -> {ratio:.2f}x, {calls:.0f} calls: {'MET' if ratio <= 1.10 and calls == 0 else 'NOT MET'}")
     return 0
 
 
