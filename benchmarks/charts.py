@@ -27,6 +27,15 @@ def _load(name: str) -> dict | None:
     return json.loads(path.read_text())
 
 
+def _save(fig: object, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()  # type: ignore[attr-defined]
+    fig.savefig(path)  # type: ignore[attr-defined]
+    plt.close(fig)  # type: ignore[arg-type]
+    return path
+
+
 def aws_calls_chart(data: dict, out: Path) -> Path:
     import matplotlib.pyplot as plt
 
@@ -45,11 +54,7 @@ def aws_calls_chart(data: dict, out: Path) -> Path:
     ax.set_title("AWS calls for one connection, per worker")
     ax.grid(True, alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    path = out / "aws-calls.png"
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "aws-calls.png")
 
 
 def task_start_chart(data: dict, out: Path) -> Path:
@@ -66,11 +71,7 @@ def task_start_chart(data: dict, out: Path) -> Path:
     ax.set_ylabel("× a task process with plain values")
     ax.set_title(f"Task process start, one lookup (median of {data['runs']})")
     ax.legend()
-    fig.tight_layout()
-    path = out / "task-start.png"
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "task-start.png")
 
 
 def main() -> None:
