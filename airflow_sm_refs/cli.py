@@ -24,7 +24,7 @@ import json
 import logging
 import re
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 # itself, and a configuration it cannot start with must be one line, not a
 # traceback from an import at the top of this module.
 if TYPE_CHECKING:
+    from airflow_sm_refs.expand import Found
     from airflow_sm_refs.reference import SecretReference
 
 __all__ = ["main"]
@@ -237,60 +238,6 @@ def _find_connection(conn_id: str, sources: list[tuple[str, Any]]) -> tuple[Any 
     return None, problems
 
 
-# --- listing references ---------------------------------------------------------------
-@dataclass
-class Found:
-    """One reference found in a connection field, or a field that does not parse."""
-
-    field: str
-    reference: SecretReference | None = None
-    error: str | None = None
-
-
-def _references_in_text(value: str, field: str) -> Iterator[Found]:
-    from airflow_sm_refs._exceptions import ReferenceSyntaxError
-    from airflow_sm_refs.reference import SecretReference, has_reference, split_references
-
-    if not has_reference(value):
-        return
-    try:
-        segments = split_references(value)
-    except ReferenceSyntaxError as exc:
-        yield Found(field, error=str(exc))
-        return
-    for segment in segments:
-        if isinstance(segment, SecretReference):
-            yield Found(field, segment)
-
-
-def references_in_connection(conn: Any) -> list[Found]:
-    """Every reference in ``conn``, field by field, in the order the expansion resolves them."""
-    from airflow_sm_refs.expand import CONNECTION_FIELDS, json_may_hold_references, map_json_strings, not_json_error
-    from airflow_sm_refs.reference import has_reference
-
-    found: list[Found] = []
-
-    def collect(value: str, field: str) -> str:
-        found.extend(_references_in_text(value, field))
-        return value
-
-    for name in CONNECTION_FIELDS:
-        value = getattr(conn, name, None)
-        if isinstance(value, str):
-            collect(value, name)
-    extra = getattr(conn, "extra", None)
-    # The expansion's own rule, so a reference hidden by JSON escapes is listed too.
-    if isinstance(extra, str) and json_may_hold_references(extra):
-        try:
-            document = json.loads(extra)
-        except ValueError:
-            if has_reference(extra):
-                found.append(Found("extra", error=not_json_error("extra").detail))
-        else:
-            map_json_strings(document, "extra", collect)
-    return found
-
-
 # --- commands --------------------------------------------------------------------
 def _table(rows: list[tuple[str, ...]], out: TextIO) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
@@ -301,6 +248,7 @@ def _table(rows: list[tuple[str, ...]], out: TextIO) -> None:
 
 def _check_one(conn_id: str, setup: ConfiguredBackend, sources: list[tuple[str, Any]], out: TextIO) -> bool:
     from airflow_sm_refs._exceptions import SecretReferenceError
+    from airflow_sm_refs.expand import references_in_connection
 
     conn, problems = _find_connection(conn_id, sources)
     if conn is None:
@@ -424,27 +372,6 @@ def iam_policy_document(resources: Sequence[str]) -> dict[str, Any]:
     }
 
 
-def references_in_variable(value: str) -> list[Found]:
-    """Every reference in a Variable's value, read as the expansion reads it (JSON or text)."""
-    from airflow_sm_refs.expand import json_may_hold_references, map_json_strings
-
-    if json_may_hold_references(value):
-        try:
-            document = json.loads(value)
-        except ValueError:
-            document = None
-        if isinstance(document, (dict, list, str)):
-            found: list[Found] = []
-
-            def collect(text: str, field: str) -> str:
-                found.extend(_references_in_text(text, field))
-                return text
-
-            map_json_strings(document, "value", collect)
-            return found
-    return list(_references_in_text(value, "value"))
-
-
 def _find_variable(key: str, sources: list[tuple[str, Any]]) -> tuple[str | None, list[str]]:
     """The raw Variable, and what went wrong in the sources that could not be asked."""
     problems: list[str] = []
@@ -524,6 +451,7 @@ def command_iam_policy(
         variables += [k for k in all_keys if k not in variables]
 
     from airflow_sm_refs._exceptions import SecretReferenceError
+    from airflow_sm_refs.expand import references_in_connection, references_in_variable
 
     looked = ", ".join(name for name, _ in sources)
     resources: list[str] = []

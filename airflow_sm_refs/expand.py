@@ -11,7 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, quote_plus
 
@@ -22,6 +23,7 @@ from airflow_sm_refs.resolver import ResolvedSecret, SecretResolver
 __all__ = [
     "CONNECTION_FIELDS",
     "Expansion",
+    "Found",
     "NotCached",
     "build_connection",
     "connection_has_references",
@@ -30,6 +32,9 @@ __all__ = [
     "map_json_strings",
     "masked_forms",
     "not_json_error",
+    "references_in_connection",
+    "references_in_text",
+    "references_in_variable",
 ]
 
 log = logging.getLogger("airflow_sm_refs")
@@ -240,9 +245,11 @@ class Expansion:
             else:
                 self._prefetch_once()
                 resolved = self.resolver.resolve(ref)
-            if self._batched and self.resolver.cache_key(ref) in self._batched:
-                self._batched.discard(self.resolver.cache_key(ref))
-                resolved = ResolvedSecret(resolved.value, "aws (batch)", resolved.seconds)
+            if self._batched:
+                key = self.resolver.cache_key(ref)
+                if key in self._batched:
+                    self._batched.discard(key)
+                    resolved = ResolvedSecret(resolved.value, "aws (batch)", resolved.seconds)
         except NotCached:
             raise
         except SecretReferenceError as exc:
@@ -342,7 +349,7 @@ class Expansion:
 
     def variable(self, value: str) -> str:
         """Expand a Variable's value: structurally when it is JSON, as text otherwise."""
-        self.prefetch_source = lambda: _references_in_json(value)
+        self.prefetch_source = lambda: _well_formed(references_in_variable(value))
         return self.json_text(value, "value", must_be_json=False)
 
     def json_text(self, text: str, field: str, *, must_be_json: bool) -> str:
@@ -444,10 +451,6 @@ class ExpansionMemo:
             tuple((expansion.kind, expansion.conn_id, field, ref) for ref, field, _ in expansion.served),
         )
 
-    def clear(self) -> None:
-        """Forget every result."""
-        self._entries.clear()
-
 
 def connection_memo_key(conn: Any, conn_class: type | None) -> tuple[Any, ...]:
     """What :class:`ExpansionMemo` keys a connection's expansion on: all of its raw fields."""
@@ -507,38 +510,76 @@ def build_connection(conn: Any, fields: dict[str, Any], conn_class: type | None 
     )
 
 
-def _references_in(text: str) -> list[SecretReference]:
-    if not has_reference(text):
-        return []
+# --- listing references (the batch fetch's look-ahead, and the command line) ------------
+@dataclass
+class Found:
+    """One reference found in a connection field or a Variable, or a field that does not parse."""
+
+    field: str
+    reference: SecretReference | None = None
+    error: str | None = None
+
+
+def references_in_text(value: str, field: str) -> Iterator[Found]:
+    """Every reference in one string (or the syntax error that stops its reading)."""
+    if not has_reference(value):
+        return
     try:
-        return [seg for seg in split_references(text) if not isinstance(seg, str)]
-    except ReferenceSyntaxError:
-        return []  # reported in its place by the expansion
+        segments = split_references(value)
+    except ReferenceSyntaxError as exc:
+        yield Found(field, error=str(exc))
+        return
+    for segment in segments:
+        if isinstance(segment, SecretReference):
+            yield Found(field, segment)
 
 
-def _references_in_json(text: str) -> list[SecretReference]:
-    if not json_may_hold_references(text):
-        return []
-    try:
-        document = json.loads(text)
-    except (ValueError, RecursionError):
-        return _references_in(text)
-    found: list[SecretReference] = []
-    map_json_strings(document, "", lambda value, _path: found.extend(_references_in(value)))
-    return found
+def references_in_connection(conn: Any) -> list[Found]:
+    """Every reference in ``conn``, field by field, in the order the expansion resolves them."""
+    found: list[Found] = []
 
+    def collect(value: str, field: str) -> str:
+        found.extend(references_in_text(value, field))
+        return value
 
-def connection_references(conn: Any) -> list[SecretReference]:
-    """Every well-formed reference in ``conn``'s fields and extra, in order."""
-    found: list[SecretReference] = []
     for name in CONNECTION_FIELDS:
         value = getattr(conn, name, None)
         if isinstance(value, str):
-            found += _references_in(value)
+            collect(value, name)
     extra = getattr(conn, "extra", None)
-    if isinstance(extra, str):
-        found += _references_in_json(extra)
+    # The expansion's own rule, so a reference hidden by JSON escapes is listed too.
+    if isinstance(extra, str) and json_may_hold_references(extra):
+        try:
+            document = json.loads(extra)
+        except ValueError:
+            if has_reference(extra):
+                found.append(Found("extra", error=not_json_error("extra").detail))
+        else:
+            map_json_strings(document, "extra", collect)
     return found
+
+
+def references_in_variable(value: str) -> list[Found]:
+    """Every reference in a Variable's value, read as the expansion reads it (JSON or text)."""
+    if json_may_hold_references(value):
+        try:
+            document = json.loads(value)
+        except ValueError:
+            document = None
+        if isinstance(document, (dict, list, str)):
+            found: list[Found] = []
+
+            def collect(text: str, field: str) -> str:
+                found.extend(references_in_text(text, field))
+                return text
+
+            map_json_strings(document, "value", collect)
+            return found
+    return list(references_in_text(value, "value"))
+
+
+def _well_formed(found: list[Found]) -> list[SecretReference]:
+    return [item.reference for item in found if item.reference is not None]
 
 
 def connection_has_references(conn: Any) -> bool:
@@ -559,7 +600,7 @@ def expand_connection(conn: Any, expansion: Expansion, conn_class: type | None =
     """
     if not connection_has_references(conn):
         return conn
-    expansion.prefetch_source = lambda: connection_references(conn)
+    expansion.prefetch_source = lambda: _well_formed(references_in_connection(conn))
     fields: dict[str, Any] = {}
     for name in CONNECTION_FIELDS:
         value = getattr(conn, name, None)
