@@ -22,7 +22,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import Any
 
 __all__ = ["METRIC_NAMES", "count", "timed"]
 
@@ -45,15 +44,11 @@ METRIC_NAMES = (
 def count(name: str, n: int = 1) -> None:
     """Add ``n`` to counter ``sm_refs.<name>``."""
     try:
-        _stats().incr(PREFIX + name, n)
+        from airflow_sm_refs._compat import stats
+
+        stats().incr(PREFIX + name, n)
     except Exception:  # noqa: BLE001 - metrics must never fail a lookup
         log.debug("Could not count %s", PREFIX + name, exc_info=True)
-
-
-def _stats() -> Any:
-    from airflow_sm_refs._compat import stats
-
-    return stats()
 
 
 @contextmanager

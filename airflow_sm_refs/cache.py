@@ -170,13 +170,13 @@ class TTLCache(Generic[V]):
         with self._lock:
             self._entries.pop(key, None)
 
-    def put(self, key: Hashable, value: V, *, ttl: float, age: float = 0.0) -> None:
-        """Store ``value`` for ``key``, fetched ``age`` seconds ago (a batch, or another spelling of a secret)."""
+    def put(self, key: Hashable, value: V, *, ttl: float) -> None:
+        """Store ``value`` for ``key``, fetched just now (by a batch, or under another spelling of a secret)."""
         if ttl <= 0:
             return
         with self._lock:
             self._failures.pop(key, None)
-            entry = _Entry(value, self.timer() - max(age, 0.0), self.rand(), ttl)
+            entry = _Entry(value, self.timer(), self.rand(), ttl)
             self._entries[key] = entry
             self._entries.move_to_end(key)
             while len(self._entries) > self.maxsize:

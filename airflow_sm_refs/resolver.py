@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -82,6 +83,26 @@ class SharedTier(Protocol):
         applied to the fetch time. A remembered not-found or denied answer is
         raised with its age as ``remembered_age``.
         """
+        ...
+
+    def fresh(self, key: tuple[str, ...], ttl: float, negative_ttl: float = 0.0) -> bool:
+        """Whether a lookup of ``key`` would be answered without AWS (a fresh value or a remembered answer)."""
+        ...
+
+    def store(self, key: tuple[str, ...], payload: SecretPayload, *, ttl: float, stale_if_error: float) -> None:
+        """Record ``payload`` for ``key``, fetched just now."""
+        ...
+
+    def store_failure(self, key: tuple[str, ...], exc: SecretFetchError, *, ttl: float, stale_if_error: float) -> None:
+        """Record AWS's not-found or denied answer for ``key``."""
+        ...
+
+    def drop(self, key: tuple[str, ...]) -> None:
+        """Delete the entry for ``key``."""
+        ...
+
+    def locked_many(self, keys: list[tuple[str, ...]]) -> AbstractContextManager[None]:
+        """Hold the locks of all ``keys``, taken in one fixed order."""
         ...
 
 
@@ -206,17 +227,21 @@ class SecretResolver:
         the same secret is a hit, not a second fetch. They are dropped together
         when AWS says the secret is gone or denied (:meth:`_drop_spellings`).
         """
-        for other in sibling_keys(key, payload.arn):
-            self.cache.put(other, payload, ttl=self.cache_ttl_seconds)
-            if self.shared is not None and hasattr(self.shared, "store"):
-                self.shared.store(other, payload, ttl=self.cache_ttl_seconds, stale_if_error=self.stale_if_error_seconds)
+        self._store(sibling_keys(key, payload.arn), payload)
+
+    def _store(self, keys: list[tuple[str, ...]], payload: SecretPayload) -> None:
+        """Record ``payload``, fetched just now, under each of ``keys`` in both tiers."""
+        for key in keys:
+            self.cache.put(key, payload, ttl=self.cache_ttl_seconds)
+            if self.shared is not None:
+                self.shared.store(key, payload, ttl=self.cache_ttl_seconds, stale_if_error=self.stale_if_error_seconds)
 
     def _drop_spellings(self, key: tuple[str, ...], payload: SecretPayload | None) -> None:
         if payload is None:
             return
         for other in sibling_keys(key, payload.arn):
             self.cache.drop(other)
-            if self.shared is not None and hasattr(self.shared, "drop"):
+            if self.shared is not None:
                 self.shared.drop(other)
 
     def _answered_without_aws(self, key: tuple[str, ...]) -> bool:
@@ -224,8 +249,7 @@ class SecretResolver:
             return True
         if self.cache.recent_failure(key, self.negative_cache_seconds) is not None:
             return True
-        fresh = getattr(self.shared, "fresh", None)
-        return fresh is not None and fresh(key, self.cache_ttl_seconds, self.negative_cache_seconds)
+        return self.shared is not None and self.shared.fresh(key, self.cache_ttl_seconds, self.negative_cache_seconds)
 
     def prefetch(self, refs: list[SecretReference]) -> set[tuple[str, ...]]:
         """Fetch in batches the secrets of ``refs`` that no tier holds, when two or more of one region do.
@@ -258,7 +282,7 @@ class SecretResolver:
         return fetched
 
     def _fetch_batch(self, items: list[tuple[tuple[str, ...], SecretReference]]) -> set[tuple[str, ...]]:
-        if self.shared is not None and hasattr(self.shared, "locked_many"):
+        if self.shared is not None:
             # No two processes fetch one secret at once: hold every entry's
             # stripe, then ask again what another process fetched meanwhile.
             with self.shared.locked_many([key for key, _ in items]):
@@ -289,14 +313,11 @@ class SecretResolver:
             result = results.get(ref.secret_id)
             if isinstance(result, SecretPayload):
                 fetched.add(key)
-                self.cache.put(key, result, ttl=self.cache_ttl_seconds)
-                if self.shared is not None and hasattr(self.shared, "store"):
-                    self.shared.store(key, result, ttl=self.cache_ttl_seconds, stale_if_error=self.stale_if_error_seconds)
-                self._share_spellings(key, result)
+                self._store([key, *sibling_keys(key, result.arn)], result)
             elif isinstance(result, _NEGATIVE) and self.negative_cache_seconds > 0:
                 # Remembered as a single fetch's answer would be; resolve() raises it in its place.
                 self.cache.remember_failure(key, result)
-                if self.shared is not None and hasattr(self.shared, "store_failure"):
+                if self.shared is not None:
                     self.shared.store_failure(
                         key, result, ttl=self.cache_ttl_seconds, stale_if_error=self.stale_if_error_seconds
                     )
