@@ -27,7 +27,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 from _bench_env import prepare, save_results  # noqa: E402 - benchmarks/ is the script's directory
 
