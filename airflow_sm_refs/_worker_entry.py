@@ -48,7 +48,10 @@ from airflow_sm_refs._exceptions import (
 from airflow_sm_refs.fetch import SecretPayload
 
 _MAGIC = b"airflow-sm-refs-entry"
-_FORMAT = b"2"
+#: 3: payloads carry the secret's name, and entries are stored only under
+#: the ids :mod:`airflow_sm_refs.secret_ids` allows; a format-2 entry (written
+#: under looser rules) is a miss
+_FORMAT = b"3"
 #: a secret is at most 64 KiB; JSON escaping can grow it six-fold
 _MAX_ENTRY_BYTES = 1 << 20
 
@@ -120,6 +123,7 @@ def _encode(entry: _Entry) -> bytes:
         payload = {
             "arn": p.arn,
             "version_id": p.version_id,
+            "name": p.name,
             "string": p.string,
             "binary": None if p.binary is None else base64.b64encode(p.binary).decode("ascii"),
         }
@@ -158,6 +162,7 @@ def _decode(data: bytes, key: tuple[str, ...]) -> _Entry | None:
                 version_id=str(p["version_id"]),
                 string=None if p["string"] is None else str(p["string"]),
                 binary=None if p["binary"] is None else base64.b64decode(p["binary"], validate=True),
+                name=None if p.get("name") is None else str(p["name"]),
             )
         failure = None
         if doc["error"] is not None:

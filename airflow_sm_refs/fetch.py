@@ -127,6 +127,8 @@ class SecretPayload:
     version_id: str
     string: str | None
     binary: bytes | None
+    #: the secret's name, as AWS's answer gave it (``None`` if it gave none)
+    name: str | None = None
 
     def __repr__(self) -> str:
         kind = "string" if self.string is not None else "binary"
@@ -174,6 +176,7 @@ def fetch_secret(clients: RegionalClients, ref: SecretReference) -> SecretPayloa
         version_id=response.get("VersionId", ""),
         string=response.get("SecretString"),
         binary=response.get("SecretBinary"),
+        name=response.get("Name"),
     )
 
 

@@ -59,7 +59,8 @@ from airflow_sm_refs._worker_entry import (
     _Failure,
 )
 from airflow_sm_refs.cache import DEFAULT_JITTER
-from airflow_sm_refs.fetch import SecretPayload, sibling_keys
+from airflow_sm_refs.fetch import SecretPayload
+from airflow_sm_refs.secret_ids import spelling_keys
 
 __all__ = [
     "WorkerCache",
@@ -254,7 +255,7 @@ class WorkerCache:
                     failed_at = current.fetched_at
             if not failure.transient and current is not None and current.payload is not None:
                 # Gone or denied: the value goes under every spelling of the secret.
-                for other in sibling_keys(key, current.payload.arn):
+                for other in spelling_keys(key, current.payload.arn, current.payload.name):
                     self.drop(other)
             # The value (if any) is dropped; the error (which holds no value)
             # stays for the processes waiting on this attempt.
