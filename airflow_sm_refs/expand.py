@@ -12,13 +12,13 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import quote, quote_plus
 
 from airflow_sm_refs._exceptions import ReferenceSyntaxError, SecretFetchError, SecretReferenceError
 from airflow_sm_refs.reference import SecretReference, has_reference, split_references
-from airflow_sm_refs.resolver import ResolvedSecret, SecretResolver
+from airflow_sm_refs.resolver import SecretResolver
 
 __all__ = [
     "CONNECTION_FIELDS",
@@ -223,6 +223,8 @@ class Expansion:
         self._batched: set[tuple[str, ...]] = set()
         #: (reference, field, value) of every reference resolved, in order, for :class:`ExpansionMemo`
         self.served: list[tuple[SecretReference, str, str]] = []
+        #: the payload each of :attr:`served` was read from (``None`` if the resolver does not say)
+        self.payloads: list[Any] = []
 
     @property
     def resolver(self) -> SecretResolver:
@@ -249,7 +251,7 @@ class Expansion:
                 key = self.resolver.cache_key(ref)
                 if key in self._batched:
                     self._batched.discard(key)
-                    resolved = ResolvedSecret(resolved.value, "aws (batch)", resolved.seconds)
+                    resolved = replace(resolved, source="aws (batch)")
         except NotCached:
             raise
         except SecretReferenceError as exc:
@@ -286,6 +288,7 @@ class Expansion:
         # the key it sits under.
         self.mask(resolved.value)
         self.served.append((ref, field, resolved.value))
+        self.payloads.append(getattr(resolved, "payload", None))
         self._warn_if_too_short(ref, field, resolved.value)
         log_served(self.kind, self.conn_id, field, ref, resolved.source, resolved.seconds)
         return resolved.value
@@ -434,18 +437,20 @@ class ExpansionMemo:
         cache = getattr(resolver, "cache", None)
         if cache is None or getattr(resolver, "cache_ttl_seconds", 0) <= 0:
             return
-        deps = []
-        for ref in dict.fromkeys(ref for ref, _, _ in expansion.served):
+        # Each value depends on exactly the payload it was read from. Not what
+        # the tier holds now: another reference of this expansion may have
+        # fetched a newer payload meanwhile, and checking that one would keep
+        # serving the older value past its TTL.
+        deps: dict[tuple[str, ...], Any] = {}
+        for (ref, _, _), payload in zip(expansion.served, expansion.payloads):
             cache_key = resolver.cache_key(ref)
-            payload = cache.value_of(cache_key)
-            if payload is None:
+            if payload is None or deps.setdefault(cache_key, payload) is not payload:
                 return
-            deps.append((cache_key, payload))
         if len(self._entries) >= self.maxsize:
             self._entries.clear()
         self._entries[key] = (
             result,
-            tuple(deps),
+            tuple(deps.items()),
             tuple(value for _, _, value in expansion.served),
             expansion.mask,
             tuple((expansion.kind, expansion.conn_id, field, ref) for ref, field, _ in expansion.served),

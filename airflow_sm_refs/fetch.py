@@ -19,6 +19,7 @@ from airflow_sm_refs._exceptions import (
 )
 from airflow_sm_refs._metrics import count, timed
 from airflow_sm_refs.reference import SecretReference
+from airflow_sm_refs.secret_ids import BatchItem, match_batch
 
 __all__ = ["SecretPayload", "fetch_secret"]
 
@@ -193,19 +194,19 @@ def batchable(ref: SecretReference) -> bool:
     return not ref.version_id and not ref.version_stage
 
 
-def _answers(ref: SecretReference, arn: str, name: str) -> bool:
-    """Whether the secret with ``arn`` and ``name`` is the one ``ref`` names (by name, full or partial ARN)."""
-    wanted = ref.secret_id
-    return wanted in (arn, name) or (arn.startswith(wanted + "-") and len(arn) == len(wanted) + 7)
-
-
 def fetch_batch(
-    clients: RegionalClients, region: str | None, refs: list[SecretReference]
+    clients: RegionalClients, region: str | None, refs: list[SecretReference], *, own_account: str | None = None
 ) -> dict[str, SecretPayload | SecretFetchError]:
     """Fetch up to :data:`BATCH_LIMIT` secrets of one region (current versions) in one ``BatchGetSecretValue`` call.
 
+    AWS's answer lists secrets in no order and does not say which id each
+    answers: :func:`airflow_sm_refs.secret_ids.match_batch` decides, and an
+    item it matches to no id is not used.
+
+    :param own_account: the account the identity acts in, if known (a plain name matches only its secrets)
     :return: for each requested secret id, its payload or the error AWS gave for it
-        (the same classes :func:`fetch_secret` raises); an id AWS said nothing of is left out
+        (the same classes :func:`fetch_secret` raises); an id AWS said nothing of, or
+        answered ambiguously, is left out (it is then fetched on its own)
     :raises BatchNotAllowed: the identity may not call ``BatchGetSecretValue``
     :raises SecretFetchError: the call as a whole failed (its ``reference`` is the first one's)
     """
@@ -225,54 +226,30 @@ def fetch_batch(
             raise BatchNotAllowed(str(error)) from None
         raise error from None
     results: dict[str, SecretPayload | SecretFetchError] = {}
-    for item in response.get("SecretValues") or []:
-        arn, name = str(item.get("ARN", "")), str(item.get("Name", ""))
-        if item.get("SecretString") is None and item.get("SecretBinary") is None:
-            continue  # not a whole answer: that secret is fetched on its own
-        for ref in refs:
-            if ref.secret_id not in results and _answers(ref, arn, name):
-                count("aws_fetch")
-                results[ref.secret_id] = SecretPayload(
-                    arn=arn or ref.secret_id,
-                    version_id=str(item.get("VersionId", "")),
-                    string=item.get("SecretString"),
-                    binary=item.get("SecretBinary"),
-                )
     by_id = {ref.secret_id: ref for ref in refs}
-    for item in response.get("Errors") or []:
-        ref = by_id.get(str(item.get("SecretId", "")))
+    # An id AWS reports an error for gets that error, whatever else the answer holds.
+    for error_item in response.get("Errors") or []:
+        ref = by_id.get(str(error_item.get("SecretId", "")))
         if ref is None or ref.secret_id in results:
             continue
-        code = str(item.get("ErrorCode", ""))
-        message = f"{_where(clients, ref)}: {code or 'error'}: {item.get('Message', '')}".rstrip(": ")
+        code = str(error_item.get("ErrorCode", ""))
+        message = f"{_where(clients, ref)}: {code or 'error'}: {error_item.get('Message', '')}".rstrip(": ")
         results[ref.secret_id] = _error_for_code(code, 0, message, ref)
+    answered: dict[BatchItem, dict[str, Any]] = {}
+    for item in response.get("SecretValues") or []:
+        if item.get("SecretString") is None and item.get("SecretBinary") is None:
+            continue  # not a whole answer: that secret is fetched on its own
+        answered.setdefault(BatchItem(str(item.get("ARN", "")), str(item.get("Name", ""))), item)
+    asked = [secret_id for secret_id in ids if secret_id not in results]
+    matched = match_batch(asked, answered, region=clients.region_for(region) or "", own_account=own_account)
+    for secret_id, key in matched.items():
+        item = answered[key]
+        count("aws_fetch")
+        results[secret_id] = SecretPayload(
+            arn=key.arn,
+            version_id=str(item.get("VersionId", "")),
+            string=item.get("SecretString"),
+            binary=item.get("SecretBinary"),
+            name=key.name or None,
+        )
     return results
-
-
-def spellings(arn: str) -> tuple[str, str, str] | None:
-    """The full ARN, partial ARN and name of the secret with ``arn``; ``None`` if it is not a secret's ARN.
-
-    A secret's ARN ends in its name, a hyphen and six characters AWS adds.
-    """
-    parts = arn.split(":", 6)
-    if len(parts) != 7 or parts[2] != "secretsmanager" or parts[5] != "secret":
-        return None
-    resource = parts[6]
-    if len(resource) < 8 or resource[-7] != "-":
-        return None
-    return arn, arn[:-7], resource[:-7]
-
-
-def sibling_keys(key: tuple[str, ...], arn: str) -> list[tuple[str, ...]]:
-    """The cache keys of the other spellings of the secret ``key`` names, whose ARN is ``arn``.
-
-    ``key`` is (identity, region, secret id, version). A name is only the same
-    secret in the ARN's region, so none are given for a key of another region.
-    """
-    names = spellings(arn)
-    if names is None:
-        return []
-    identity, region, asked, version = key
-    if region != arn.split(":")[3]:
-        return []
-    return [(identity, region, spelling, version) for spelling in names if spelling != asked]

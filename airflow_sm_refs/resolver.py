@@ -36,9 +36,9 @@ from airflow_sm_refs.fetch import (
     batchable,
     fetch_batch,
     fetch_secret,
-    sibling_keys,
 )
 from airflow_sm_refs.reference import SecretReference
+from airflow_sm_refs.secret_ids import OWN_ACCOUNTS, is_name, region_of, same_secret_ids, spelling_keys
 
 __all__ = ["CacheSettings", "SecretResolver", "PROCESS_CACHE", "ResolvedSecret", "clear_process_cache"]
 
@@ -60,9 +60,10 @@ _BATCH_DENIED: set[str] = set()
 
 
 def clear_process_cache() -> None:
-    """Empty the in-process tier, and forget which identities may not batch."""
+    """Empty the in-process tier, and forget which identities may not batch and which account each acts in."""
     PROCESS_CACHE.clear()
     _BATCH_DENIED.clear()
+    OWN_ACCOUNTS.clear()
 
 
 class SharedTier(Protocol):
@@ -105,6 +106,10 @@ class SharedTier(Protocol):
         """Hold the locks of all ``keys``, taken in one fixed order."""
         ...
 
+    def peek(self, key: tuple[str, ...], ttl: float = 0.0) -> tuple[SecretPayload, float] | None:
+        """The payload held for ``key`` (fresh by ``ttl``, or any age for 0) and its age, or ``None``."""
+        ...
+
 
 @dataclass(frozen=True)
 class ResolvedSecret:
@@ -113,6 +118,8 @@ class ResolvedSecret:
     value: str = field(repr=False)
     source: str
     seconds: float
+    #: the payload the value was read from (what a memoised expansion depends on)
+    payload: SecretPayload | None = field(default=None, repr=False, compare=False)
 
 
 def _is_transient(exc: BaseException) -> bool:
@@ -212,22 +219,31 @@ class SecretResolver:
                 result.error,
             )
             return result.value, "process cache (stale)"
+        if fetched_from[0] in ("aws", "worker cache"):
+            # A name AWS answered (now, or for the process that wrote the worker entry) tells our account.
+            OWN_ACCOUNTS.learn(self.clients.identity, ref.secret_id, result.value.arn)
         if fetched_from[0] == "aws":
-            self._share_spellings(key, result.value)
+            self._store(self._alias_keys(key, result.value), result.value)
         if fetched_from[0] == "worker cache":
             count("cache_hit.worker")
         elif fetched_from[0] == "worker cache (stale)":
             count("stale_served")
         return result.value, fetched_from[0]
 
-    def _share_spellings(self, key: tuple[str, ...], payload: SecretPayload) -> None:
-        """Store a payload just fetched under the secret's other spellings too (name, partial and full ARN).
+    def _alias_keys(self, key: tuple[str, ...], payload: SecretPayload) -> list[tuple[str, ...]]:
+        """The keys, besides ``key``, a payload AWS answered ``key`` with may be served under.
 
-        The response's ARN gives all three, so a lookup by another spelling of
-        the same secret is a hit, not a second fetch. They are dropped together
-        when AWS says the secret is gone or denied (:meth:`_drop_spellings`).
+        :mod:`airflow_sm_refs.secret_ids` decides (full ARN; partial ARN unless
+        the name ends like a suffix; the name only in our own account), so a
+        lookup by another spelling of the same secret is a hit, not a second
+        fetch, and never a hit for a different secret. They are dropped
+        together when AWS says the secret is gone or denied (:meth:`_drop_spellings`).
         """
-        self._store(sibling_keys(key, payload.arn), payload)
+        identity, region, asked, version = key
+        own = OWN_ACCOUNTS.get(identity)
+        ids = same_secret_ids(asked, payload.arn, payload.name, region=region, own_account=own)
+        # An ARN is looked up in its own region, a name in ours (the same, or the name is no alias).
+        return [(identity, region_of(other) or region, other, version) for other in ids]
 
     def _store(self, keys: list[tuple[str, ...]], payload: SecretPayload) -> None:
         """Record ``payload``, fetched just now, under each of ``keys`` in both tiers."""
@@ -237,12 +253,21 @@ class SecretResolver:
                 self.shared.store(key, payload, ttl=self.cache_ttl_seconds, stale_if_error=self.stale_if_error_seconds)
 
     def _drop_spellings(self, key: tuple[str, ...], payload: SecretPayload | None) -> None:
+        """Drop, in both tiers, every key the secret of ``payload`` may be held under (after not-found or denied)."""
         if payload is None:
             return
-        for other in sibling_keys(key, payload.arn):
+        for other in spelling_keys(key, payload.arn, payload.name):
             self.cache.drop(other)
             if self.shared is not None:
                 self.shared.drop(other)
+
+    def _held(self, key: tuple[str, ...]) -> SecretPayload | None:
+        """What either tier holds for ``key``, fresh or not."""
+        payload = self.cache.value_of(key)
+        if payload is None and self.shared is not None:
+            seen = self.shared.peek(key)
+            payload = seen[0] if seen is not None else None
+        return payload
 
     def _answered_without_aws(self, key: tuple[str, ...]) -> bool:
         if self.cache.peek(key, self.cache_ttl_seconds) is not None:
@@ -270,11 +295,15 @@ class SecretResolver:
                 key = self.cache_key(ref)
                 if key not in wanted and not self._answered_without_aws(key):
                     wanted[key] = ref
-        by_region: dict[str, list[tuple[tuple[str, ...], SecretReference]]] = {}
+        # Until AWS has told us which account we act in, a plain name and an
+        # ARN are never asked in one batch: its answer could not say which
+        # item is our account's (secret_ids.match_batch).
+        own_known = OWN_ACCOUNTS.get(self.clients.identity) is not None
+        groups: dict[tuple[str, bool], list[tuple[tuple[str, ...], SecretReference]]] = {}
         for key, ref in wanted.items():
-            by_region.setdefault(key[1], []).append((key, ref))
+            groups.setdefault((key[1], own_known or is_name(ref.secret_id)), []).append((key, ref))
         fetched: set[tuple[str, ...]] = set()
-        for items in by_region.values():
+        for items in groups.values():
             for start in range(0, len(items), BATCH_LIMIT):
                 chunk = items[start : start + BATCH_LIMIT]
                 if len(chunk) >= 2:
@@ -293,8 +322,9 @@ class SecretResolver:
     def _fetch_batch_unlocked(self, items: list[tuple[tuple[str, ...], SecretReference]]) -> set[tuple[str, ...]]:
         refs = [ref for _, ref in items]
         started = time.perf_counter()
+        identity = self.clients.identity
         try:
-            results = fetch_batch(self.clients, refs[0].region, refs)
+            results = fetch_batch(self.clients, items[0][0][1], refs, own_account=OWN_ACCOUNTS.get(identity))
         except BatchNotAllowed as exc:
             if self.clients.identity not in _BATCH_DENIED:
                 _BATCH_DENIED.add(self.clients.identity)
@@ -313,14 +343,22 @@ class SecretResolver:
             result = results.get(ref.secret_id)
             if isinstance(result, SecretPayload):
                 fetched.add(key)
-                self._store([key, *sibling_keys(key, result.arn)], result)
-            elif isinstance(result, _NEGATIVE) and self.negative_cache_seconds > 0:
-                # Remembered as a single fetch's answer would be; resolve() raises it in its place.
-                self.cache.remember_failure(key, result)
+                OWN_ACCOUNTS.learn(identity, ref.secret_id, result.arn)
+                self._store([key, *self._alias_keys(key, result)], result)
+            elif isinstance(result, _NEGATIVE):
+                # As after a single fetch: the value goes under every spelling, in both tiers...
+                held = self._held(key)
+                self.cache.drop(key)
                 if self.shared is not None:
-                    self.shared.store_failure(
-                        key, result, ttl=self.cache_ttl_seconds, stale_if_error=self.stale_if_error_seconds
-                    )
+                    self.shared.drop(key)
+                self._drop_spellings(key, held)
+                if self.negative_cache_seconds > 0:
+                    # ...and the answer is remembered; resolve() raises it in its place.
+                    self.cache.remember_failure(key, result)
+                    if self.shared is not None:
+                        self.shared.store_failure(
+                            key, result, ttl=self.cache_ttl_seconds, stale_if_error=self.stale_if_error_seconds
+                        )
         log.info(
             "fetched %d of %d secrets in one BatchGetSecretValue call in %.1f ms",
             len(fetched),
@@ -341,7 +379,7 @@ class SecretResolver:
         except SecretReferenceError as exc:
             count(f"error.{type(exc).__name__}")
             raise
-        return ResolvedSecret(value, "process cache", time.perf_counter() - started)
+        return ResolvedSecret(value, "process cache", time.perf_counter() - started, payload)
 
     def resolve(self, ref: SecretReference) -> ResolvedSecret:
         """The value ``ref`` names: the whole secret, or one key of its JSON.
@@ -355,7 +393,7 @@ class SecretResolver:
         except SecretReferenceError as exc:
             count(f"error.{type(exc).__name__}")
             raise
-        return ResolvedSecret(value, source, time.perf_counter() - started)
+        return ResolvedSecret(value, source, time.perf_counter() - started, payload)
 
 
 @dataclass(frozen=True)

@@ -35,12 +35,14 @@ from dataclasses import dataclass
 
 __all__ = [
     "OWN_ACCOUNTS",
+    "BatchItem",
     "OwnAccounts",
     "SecretArn",
     "every_spelling",
     "is_name",
     "looks_complete",
     "match_batch",
+    "region_of",
     "same_secret_ids",
     "spelling_keys",
 ]
@@ -138,13 +140,15 @@ def same_secret_ids(
     :param asked: the id AWS was asked (and answered): a name, a partial or a full ARN
     :param arn: the ARN in AWS's answer
     :param name: the ``Name`` in AWS's answer, if it gave one
-    :param region: the region ``asked`` was sent to (a name is only an alias in it)
+    :param region: the region ``asked`` was sent to (a name is only an alias in it; empty: not known)
     :param own_account: the caller's account, if known
     """
     parsed = SecretArn.parse(arn)
     if parsed is None or parsed.name_if_full is None:
         # Not a full ARN of a secret (a stand-in's answer, a wrong endpoint): only what was asked.
         return []
+    if region and parsed.region != region:
+        return []  # an answer from another region than asked is no one's alias
     ids = [parsed.arn]
     if parsed.partial is not None:
         ids.append(parsed.partial)
@@ -217,7 +221,7 @@ def match_batch(
                 parsed = SecretArn.parse(item.arn)
                 if item.name != wanted or parsed is None or parsed.name_if_full != wanted:
                     continue
-                if parsed.region != region:
+                if region and parsed.region != region:
                     continue
                 if own_account is not None:
                     if parsed.account == own_account:
@@ -244,3 +248,9 @@ def spelling_keys(key: tuple[str, ...], arn: str, name: str | None = None) -> li
     parsed = SecretArn.parse(arn)
     where = parsed.region if parsed is not None else region
     return [(identity, where, spelling, version) for spelling in every_spelling(arn, name) if (where, spelling) != (region, asked)]
+
+
+def region_of(secret_id: str) -> str | None:
+    """The region an ARN names; ``None`` for a plain name."""
+    parsed = SecretArn.parse(secret_id)
+    return parsed.region if parsed is not None else None
