@@ -107,7 +107,7 @@ class SharedTier(Protocol):
         ...
 
     def peek(self, key: tuple[str, ...], ttl: float = 0.0) -> tuple[SecretPayload, float] | None:
-        """The payload held for ``key`` (fresh by ``ttl``, or any age for 0) and its age, or ``None``."""
+        """The payload held for ``key``, fresh or not, and when it expires for ``ttl``; ``None`` if none is."""
         ...
 
 
