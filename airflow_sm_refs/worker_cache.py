@@ -10,13 +10,16 @@ Kubernetes secret volumes and Vault Agent sinks do.
   written there, and the in-process tier carries on alone
   (:mod:`airflow_sm_refs._private_dir`).
 - One file per entry, mode ``0600``, written to a temporary file in the same
-  directory and renamed into place, opened without following symlinks.
+  directory and renamed into place, opened without following symlinks
+  (:mod:`airflow_sm_refs._worker_store`).
 - A fixed set of lock files (``flock``), one stripe per entry chosen by hash:
   processes that miss the same secret at once make one AWS call; the others
-  wait, then read what it wrote. A process holds one stripe at a time.
+  wait, then read what it wrote. A process holds one stripe at a time
+  (:mod:`airflow_sm_refs._worker_locks`).
 - Bounded: a failure leaves no file holding a value; every write deletes the
   entries past the writer's TTL plus stale window, then the oldest beyond
-  ``max_entries``, and temporary files of writers that died.
+  ``max_entries``, and temporary files of writers that died
+  (:mod:`airflow_sm_refs._worker_sweep`).
 - Each reader judges an entry by its own TTL and stale window, from the time
   the value was fetched.
 - An entry carries its key, its length and a SHA-256 of its body, so a
@@ -34,30 +37,25 @@ lives) and gets a new lock for the table of opened caches.
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import logging
 import os
 import random
-import re
-import secrets
-import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import replace
 
 from airflow_sm_refs._exceptions import SecretFetchError
 from airflow_sm_refs._private_dir import _open_private_dir
-from airflow_sm_refs._worker_entry import (
-    _MAX_ENTRY_BYTES,
-    _decode,
-    _encode,
-    _Entry,
-    _entry_name,
-    _Failure,
-)
+# "X as X": names other modules and tests import from here, though they live in the parts.
+from airflow_sm_refs._worker_entry import _decode as _decode
+from airflow_sm_refs._worker_entry import _encode as _encode
+from airflow_sm_refs._worker_entry import _Entry, _entry_name, _Failure
+from airflow_sm_refs._worker_locks import LOCK_STRIPES as LOCK_STRIPES
+from airflow_sm_refs._worker_locks import _hold_stripe, _lock_name, _lock_until, _new_attempt, _stripes_in_order
+from airflow_sm_refs._worker_store import _describe, _read_entry, _unlink_file, _write_entry
+from airflow_sm_refs._worker_sweep import _remove_all, _sweep
 from airflow_sm_refs.cache import DEFAULT_JITTER
 from airflow_sm_refs.fetch import SecretPayload
 from airflow_sm_refs.secret_ids import spelling_keys
@@ -81,20 +79,9 @@ DEFAULT_LOCK_TIMEOUT_SECONDS = 120.0
 #: most entries kept in a directory; the oldest fetched go first
 DEFAULT_MAX_ENTRIES = 1000
 
-#: how many lock files a directory has; entries share them by hash
-LOCK_STRIPES = 64
-
 #: while AWS fails transiently, one attempt per entry per this many seconds;
 #: in between, every process serves the stale value without calling
 DEFAULT_STALE_RETRY_SECONDS = 5.0
-
-_ENTRY_FILE = re.compile(r"[0-9a-f]{64}\.entry")
-_STRIPE_FILE = re.compile(r"stripe-\d{2}\.lock")
-#: one lock file per entry, as versions before the stripes made them
-_LEGACY_LOCK_FILE = re.compile(r"[0-9a-f]{64}\.lock")
-_TEMP_FILE = re.compile(r"\.[0-9a-f]{64}\.(\d+)\.[0-9a-f]+\.tmp")
-
-_FILE_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def default_worker_cache_dir() -> str | None:
@@ -102,24 +89,6 @@ def default_worker_cache_dir() -> str | None:
     if not os.path.isdir(RAM_FS):
         return None
     return os.path.join(RAM_FS, f"airflow-sm-refs-{os.geteuid()}")
-
-
-def _lock_name(name: str) -> str:
-    """The lock stripe of the entry named ``name`` (a SHA-256 in hex)."""
-    return f"stripe-{int(name[:8], 16) % LOCK_STRIPES:02d}.lock"
-
-
-# Lock files held by this process, and by which thread: a forked child closes
-# the ones of threads it does not have.
-_HELD: dict[int, int] = {}
-_HELD_LOCK = threading.Lock()
-
-
-def _describe(key: tuple[str, ...]) -> str:
-    """``secret 'prod/db' (AWSCURRENT)``, from a cache key, for logs."""
-    secret_id, version = key[2], key[3]
-    kind, _, label = version.partition(":")
-    return f"secret {secret_id!r} ({f'version id {label}' if kind == 'id' else label or version})"
 
 
 class WorkerCache:
@@ -325,13 +294,9 @@ class WorkerCache:
         holding it, and batches take theirs in the same order: no two holders
         can each wait for the other.
         """
-        stripes: dict[str, tuple[str, tuple[str, ...]]] = {}
-        for key in keys:
-            name = _entry_name(key)
-            stripes.setdefault(_lock_name(name), (name, key))
         with ExitStack() as stack:
-            for stripe in sorted(stripes):
-                stack.enter_context(self._locked(*stripes[stripe]))
+            for name, key in _stripes_in_order(keys):
+                stack.enter_context(self._locked(name, key))
             yield
 
     # --- inspection ---------------------------------------------------------
@@ -353,49 +318,12 @@ class WorkerCache:
         """The lock file (stripe) that ``key``'s fetches take, shared with other entries."""
         return os.path.join(self.directory, _lock_name(_entry_name(key)))
 
-    # --- files --------------------------------------------------------------
+    # --- files and locks -----------------------------------------------------
     def _read(self, name: str, key: tuple[str, ...]) -> _Entry | None:
-        dir_fd = self._dir_fd
-        if dir_fd is None:  # closed (and dir_fd=None would mean the current directory)
-            return None
-        try:
-            fd = os.open(name + ".entry", os.O_RDONLY | os.O_NONBLOCK | _FILE_FLAGS, dir_fd=dir_fd)
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            log.debug("Worker cache entry for %s cannot be opened (%s); treating it as a miss", _describe(key), exc)
-            return None
-        try:
-            st = os.fstat(fd)
-            if (
-                not stat.S_ISREG(st.st_mode)
-                or st.st_uid != self._euid
-                or st.st_mode & 0o077
-                or st.st_size > _MAX_ENTRY_BYTES
-            ):
-                return None
-            chunks = []
-            size = 0
-            while chunk := os.read(fd, 65536):
-                size += len(chunk)
-                if size > _MAX_ENTRY_BYTES:
-                    return None
-                chunks.append(chunk)
-        except OSError:
-            return None
-        finally:
-            os.close(fd)
-        entry = _decode(b"".join(chunks), key)
-        if entry is None:
-            log.debug("Worker cache entry for %s is corrupt or incomplete; treating it as a miss", _describe(key))
-        return entry
+        return _read_entry(self._dir_fd, name, key, self._euid)
 
     def _unlink(self, file: str) -> None:
-        if self._dir_fd is not None:
-            try:
-                os.unlink(file, dir_fd=self._dir_fd)
-            except OSError:
-                pass
+        _unlink_file(self._dir_fd, file)
 
     def _write(self, name: str, entry: _Entry, max_age: float) -> bool:
         """Write ``entry`` atomically, then sweep entries older than ``max_age`` and beyond the cap.
@@ -405,32 +333,15 @@ class WorkerCache:
         dir_fd = self._dir_fd
         if dir_fd is None:
             return False
-        data = _encode(entry)
-        temp = f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
         written = False
         try:
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _FILE_FLAGS, 0o600, dir_fd=dir_fd)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                # The sweep reads ages from stat: mtime is when the value was fetched.
-                os.utime(fd, (entry.fetched_at, entry.fetched_at))
-            finally:
-                os.close(fd)
-            os.replace(temp, name + ".entry", src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            _write_entry(dir_fd, name, entry)
             written = True
         except OSError as exc:
             # A full /dev/shm or a removed directory must not fail the task:
             # the value is still returned, other processes fetch their own.
             self._log_write_failure(entry, exc)
-        finally:
-            if not written:  # also on KeyboardInterrupt and the like: no stray copy of a value
-                try:
-                    os.unlink(temp, dir_fd=dir_fd)
-                except OSError:
-                    pass
-        self._sweep(dir_fd, name, max_age)
+        _sweep(dir_fd, name, max_age, now=self.timer(), max_entries=self.max_entries, directory=self.directory)
         return written
 
     def _log_write_failure(self, entry: _Entry, exc: OSError) -> None:
@@ -438,89 +349,10 @@ class WorkerCache:
         self._write_warned = True
         log.log(level, "Could not write the worker cache entry for %s in %s: %s", _describe(entry.key), self.directory, exc)
 
-    def _sweep(self, dir_fd: int, keep: str, max_age: float) -> None:
-        """Delete entries older than ``max_age``, then the oldest beyond ``max_entries``, and dead writers' temp files.
-
-        Ages come from each file's mtime (its value's fetch time), so this
-        reads no entry. ``keep`` (the entry just written) stays.
-        """
-        now = self.timer()
-        kept: list[tuple[float, str]] = []
-        doomed: list[str] = []
-        try:
-            with os.scandir(dir_fd) as listing:
-                oldest, newest, keep_file = now - max_age, now + max_age, keep + ".entry"
-                for item in listing:
-                    file = item.name
-                    if file.endswith(".entry"):
-                        if file == keep_file or not _ENTRY_FILE.fullmatch(file):
-                            continue
-                        try:
-                            fetched_at = item.stat(follow_symlinks=False).st_mtime
-                        except OSError:
-                            continue
-                        # Past every window the writer knows of, or from a clock that stepped back.
-                        if oldest < fetched_at <= newest:
-                            kept.append((fetched_at, file))
-                        else:
-                            doomed.append(file)
-                    elif file.endswith(".tmp"):
-                        match = _TEMP_FILE.fullmatch(file)
-                        if match and _writer_is_gone(int(match.group(1))):
-                            doomed.append(file)
-                    elif file.endswith(".lock") and _LEGACY_LOCK_FILE.fullmatch(file):
-                        doomed.append(file)
-        except OSError as exc:
-            log.debug("Cannot list the worker cache in %s to sweep it: %s", self.directory, exc)
-            return
-        excess = len(kept) + 1 - self.max_entries
-        if excess > 0:
-            kept.sort()
-            doomed += [file for _, file in kept[:excess]]
-        for file in doomed:
-            try:
-                os.unlink(file, dir_fd=dir_fd)
-            except OSError:
-                pass
-
-    @contextmanager
-    def _locked(self, name: str, key: tuple[str, ...]) -> Iterator[None]:
+    def _locked(self, name: str, key: tuple[str, ...]) -> AbstractContextManager[None]:
         """Hold the entry's lock stripe; after ``lock_timeout`` (or if locking fails), go on without it."""
-        deadline = time.monotonic() + self.lock_timeout
-        dir_fd = self._dir_fd
-        lock_file = _lock_name(name)
-        fd = None
-        try:
-            while fd is None and dir_fd is not None:
-                fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | _FILE_FLAGS, 0o600, dir_fd=dir_fd)
-                if not _lock_until(fd, deadline):
-                    log.warning(
-                        "Waited %.0f s for another process's fetch of %s; fetching without waiting longer",
-                        self.lock_timeout,
-                        _describe(key),
-                    )
-                    break
-                # A lock file removed while we waited (cache clear) locks nothing: take the one in place.
-                try:
-                    in_place = os.stat(lock_file, dir_fd=dir_fd, follow_symlinks=False)
-                except FileNotFoundError:
-                    in_place = None
-                held = os.fstat(fd)
-                if in_place is None or (in_place.st_dev, in_place.st_ino) != (held.st_dev, held.st_ino):
-                    os.close(fd)
-                    fd = None
-        except OSError as exc:
-            log.debug("Cannot lock the worker cache entry for %s (%s); fetching without the lock", _describe(key), exc)
-        if fd is not None:
-            with _HELD_LOCK:
-                _HELD[fd] = threading.get_ident()
-        try:
-            yield
-        finally:
-            if fd is not None:
-                with _HELD_LOCK:
-                    _HELD.pop(fd, None)
-                os.close(fd)  # releases the flock
+        # _lock_until is looked up in this module at each call, so a test can watch a process reach the lock.
+        return _hold_stripe(self._dir_fd, name, key, self.lock_timeout, _lock_until)
 
 
 #: the failures a worker-cache entry remembers for ``negative_ttl``: AWS said no about the secret itself
@@ -539,38 +371,6 @@ def _raise_if_remembered(entry: _Entry, now: float, negative_ttl: float) -> None
         error = failure.error()
         error.remembered_age = now - entry.fetched_at
         raise error
-
-
-def _lock_until(fd: int, deadline: float) -> bool:
-    delay = 0.001
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
-        except OSError as exc:
-            if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                raise
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(delay)
-        delay = min(delay * 2, 0.01)
-
-
-def _new_attempt() -> str:
-    return secrets.token_hex(8)
-
-
-def _writer_is_gone(pid: int) -> bool:
-    """Whether the process that made a temporary file has exited (so the file is litter)."""
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except OSError:
-        return False
-    return False
 
 
 # --- one instance per directory per process ---------------------------------
@@ -614,19 +414,9 @@ def open_worker_cache(
 
 
 def _reset_after_fork() -> None:
-    global _OPENED_LOCK, _HELD_LOCK
+    # (the lock files other threads held are closed by airflow_sm_refs._worker_locks)
+    global _OPENED_LOCK
     _OPENED_LOCK = threading.Lock()
-    _HELD_LOCK = threading.Lock()
-    me = threading.get_ident()
-    # A copy of a lock file another thread held keeps its flock held for as
-    # long as this child lives: every other process would wait on it.
-    for fd, holder in list(_HELD.items()):
-        if holder != me:
-            _HELD.pop(fd, None)
-            try:
-                os.close(fd)
-            except OSError:
-                pass
 
 
 if hasattr(os, "register_at_fork"):
@@ -658,18 +448,7 @@ def clear_worker_cache(directory: str | None = None) -> int:
         fd = _open_private_dir(os.path.abspath(path), create=False)
     except FileNotFoundError:
         return 0
-    removed = 0
     try:
-        for name in os.listdir(fd):
-            is_entry = _ENTRY_FILE.fullmatch(name) is not None
-            ours = _STRIPE_FILE.fullmatch(name) or _LEGACY_LOCK_FILE.fullmatch(name) or _TEMP_FILE.fullmatch(name)
-            if not (is_entry or ours):
-                continue  # not ours: leave it
-            try:
-                os.unlink(name, dir_fd=fd)
-            except FileNotFoundError:
-                continue
-            removed += is_entry
+        return _remove_all(fd)
     finally:
         os.close(fd)
-    return removed
