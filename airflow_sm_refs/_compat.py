@@ -41,6 +41,7 @@ __all__ = [
     "base_hook",
     "reset_secrets_chain",
     "HAS_TASK_SDK",
+    "HAS_WORKER_CONNECTION_TEST",
     "ProcessRole",
     "amask_secret",
     "call_backend",
@@ -68,6 +69,9 @@ def _has_module(name: str) -> bool:
 #: Airflow 3's Task SDK runs tasks: a task process talks to a supervisor, not the metastore.
 HAS_TASK_SDK: bool = _has_module("airflow.sdk.execution_time")
 
+#: 3.3+: workers test connections for the UI's Test button (``[core] test_connection``)
+HAS_WORKER_CONNECTION_TEST: bool = HAS_TASK_SDK and _has_module("airflow.sdk.execution_time.connection_test_supervisor")
+
 try:  # Task SDK 1.2.2+ (Airflow 3.2.2+): every lookup loop re-raises this class
     from airflow.sdk.exceptions import AirflowSecretsBackendAccessDenied as _Deny
 
@@ -80,35 +84,63 @@ except ImportError:
 
 # --- which process this is -------------------------------------------------------------
 class ProcessRole(enum.Enum):
-    """What a process is, as far as resolving references goes (DESIGN §3)."""
+    """What a process is doing, as far as resolving references goes (DESIGN §3, :mod:`airflow_sm_refs.roles`)."""
 
     #: a task process (also ``dags test``, ``tasks test``): resolves, fails closed
     TASK = "task"
     #: runs triggers of deferrable operators: resolves, fails closed
     TRIGGER = "trigger"
+    #: the DAG processor running a DAG's callbacks (success/failure, SLA, stale tasks): resolves, fails closed
+    CALLBACK = "callback"
+    #: a worker testing a connection for the UI's Test button (3.3 ``[core] test_connection``): resolves
+    CONNECTION_TEST = "connection test"
     #: API server, webserver, scheduler, triggerer parent, Celery worker parent: steps aside
     SERVER = "server"
-    #: parses DAG files: steps aside
+    #: parses DAG files: refuses a value with references
     PARSER = "parser"
-    #: ``airflow connections ...``/``variables ...``: steps aside, so no resolved value is printed
+    #: every Airflow CLI command but ``tasks run|test`` and ``dags test``: steps aside, so no value is printed
     CLI = "cli"
-    #: anything else (a script, a test, this package's own CLI): resolves, fails closed
+    #: anything else (a script, a subprocess a task starts, this package's own CLI): resolves, fails closed
     OTHER = "other"
 
     @property
     def resolves(self) -> bool:
         """Whether the backend resolves references in such a process by default."""
-        return self in (ProcessRole.TASK, ProcessRole.TRIGGER, ProcessRole.OTHER)
+        return self in _RESOLVING_ROLES
 
+
+_RESOLVING_ROLES = frozenset(
+    {ProcessRole.TASK, ProcessRole.TRIGGER, ProcessRole.CALLBACK, ProcessRole.CONNECTION_TEST, ProcessRole.OTHER}
+)
 
 # Airflow CLI commands and the role of a process started by them that has no
 # task of its own running. Task processes forked from a scheduler (2.x
 # LocalExecutor) or a Celery worker keep that parent's argv, so the task
 # checks come first.
-_SERVER_COMMANDS = frozenset({"api-server", "webserver", "scheduler", "triggerer", "internal-api", "celery"})
+_SERVER_COMMANDS = frozenset(
+    {"api-server", "webserver", "scheduler", "triggerer", "internal-api", "celery", "standalone"}
+)
 _PARSER_COMMANDS = frozenset({"dag-processor"})
-_CLI_COMMANDS = frozenset({"connections", "variables", "config"})
 _PARSING_DAG_COMMANDS = frozenset({"reserialize", "list", "list-import-errors", "report", "show", "details"})
+#: the Airflow CLI commands that run a task, and so resolve
+_TASK_COMMANDS = frozenset({("tasks", "run"), ("tasks", "test"), ("dags", "test")})
+#: servers started as ``gunicorn``/``uvicorn`` with an Airflow app instead of through ``airflow``
+_SERVER_PROGRAMS = ("gunicorn", "uvicorn", "fastapi")
+
+#: functions that run a DAG's callbacks, by module: 3.x's DAG-processor child, 2.x's DAG file processor
+_CALLBACK_FRAMES = {
+    "airflow.dag_processing.processor": frozenset(
+        {"_execute_callbacks", "execute_callbacks", "execute_callbacks_without_dag", "manage_slas"}
+    ),
+    # 3.3+: callbacks an executor runs on a worker
+    "airflow.sdk.execution_time.callback_supervisor": frozenset({"execute_callback"}),
+}
+#: 2.x: a DAG file processor forked from the scheduler parsing a file
+_PARSING_FRAMES = {"airflow.dag_processing.processor": frozenset({"process_file"})}
+#: 3.3+: a worker testing a connection for the UI
+_CONNECTION_TEST_FRAMES = {
+    "airflow.sdk.execution_time.connection_test_supervisor": frozenset({"supervise_connection_test"})
+}
 
 
 def _airflow_command(argv: Sequence[str] | None = None) -> tuple[str, ...]:
@@ -119,11 +151,29 @@ def _airflow_command(argv: Sequence[str] | None = None) -> tuple[str, ...]:
     program = os.path.basename(argv[0])
     if program.startswith("gunicorn") and any("airflow" in a and "webserver" in a for a in argv):
         return ("webserver",)  # 2.x webserver workers
+    if program.startswith(_SERVER_PROGRAMS) and any(a.startswith("airflow.") for a in argv[1:]):
+        return ("api-server",)  # an Airflow app served directly
     if program == "airflow" or (program.startswith("python") and argv[1:3] == ["-m", "airflow"]):
         args = argv[1:] if program == "airflow" else argv[3:]
         words = tuple(a for a in args if not a.startswith("-"))[:2]
         return words
     return ()
+
+
+def _running(frames: dict[str, frozenset[str]]) -> bool:
+    """Whether this thread is inside one of ``frames`` (module -> function names) right now.
+
+    What a process is doing can change from one call to the next (the DAG
+    processor parses a file, then runs its callbacks), so it is read from the
+    stack at the lookup, not from the command line.
+    """
+    frame: Any = sys._getframe(1)
+    while frame is not None:
+        names = frames.get(frame.f_globals.get("__name__", ""))
+        if names is not None and frame.f_code.co_name in names:
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _supervisor_comms() -> Any | None:
@@ -142,41 +192,53 @@ def _in_airflow2_task() -> bool:
     return "AIRFLOW_CTX_DAG_ID" in os.environ and "AIRFLOW_CTX_TASK_ID" in os.environ
 
 
+def _parses_dags(command: tuple[str, ...]) -> bool:
+    head = command[0] if command else ""
+    return head in _PARSER_COMMANDS or (head == "dags" and command[1:2] != () and command[1] in _PARSING_DAG_COMMANDS)
+
+
 def process_role(argv: Sequence[str] | None = None) -> ProcessRole:
-    """What this process is, on any supported Airflow line.
+    """What this process is doing, on any supported Airflow line (the rows of :mod:`airflow_sm_refs.roles`).
 
     Airflow 3: task and trigger-runner processes (and DAG-file parsers) hold a
-    supervisor connection, servers never do; ``_AIRFLOW_PROCESS_CONTEXT`` is
-    only set from 3.1.1 and is inherited by LocalExecutor tasks, so it cannot
-    decide alone. Airflow 2: tasks and the triggerer read the metastore
-    themselves; a task is recognised by its running task context.
+    supervisor connection, servers never do. ``_AIRFLOW_PROCESS_CONTEXT=server``
+    (3.1.1+) is inherited by everything a server starts (LocalExecutor tasks,
+    their scripts), so it counts only in a process whose own command line is
+    a server's. Airflow 2: tasks and the triggerer read the metastore
+    themselves; a task is recognised by its running task context. Callbacks
+    and connection tests are recognised by the Airflow function running them.
     """
     command = _airflow_command(argv)
     head = command[0] if command else ""
-    if HAS_TASK_SDK:
-        if _supervisor_comms() is not None:
-            if head in _PARSER_COMMANDS or (head == "dags" and command[1:] and command[1] in _PARSING_DAG_COMMANDS):
-                return ProcessRole.PARSER
-            return ProcessRole.TRIGGER if head == "triggerer" else ProcessRole.TASK
-        if os.environ.get("_AIRFLOW_PROCESS_CONTEXT") == "server":
-            return ProcessRole.CLI if head in _CLI_COMMANDS else ProcessRole.SERVER
-    else:
+    context = os.environ.get("_AIRFLOW_PROCESS_CONTEXT")
+    if context == "client" and _running(_CONNECTION_TEST_FRAMES):
+        return ProcessRole.CONNECTION_TEST
+    if HAS_TASK_SDK and _supervisor_comms() is not None:
+        if _parses_dags(command):
+            return ProcessRole.CALLBACK if _running(_CALLBACK_FRAMES) else ProcessRole.PARSER
+        return ProcessRole.TRIGGER if head == "triggerer" else ProcessRole.TASK
+    if not HAS_TASK_SDK:
         if _in_airflow2_task():
             return ProcessRole.TASK
         if head == "triggerer":  # 2.x runs triggers in the triggerer process itself
             return ProcessRole.TRIGGER
-        if command[:2] in {("tasks", "run"), ("tasks", "test"), ("dags", "test")}:
-            return ProcessRole.TASK
-        if head == "scheduler":  # 2.x parses DAG files in processes forked from it
-            return ProcessRole.SERVER
         if head == "celery":  # 2.x Celery runs tasks in forks that keep its argv
             return ProcessRole.OTHER
-    if head in _PARSER_COMMANDS or (head == "dags" and command[1:] and command[1] in _PARSING_DAG_COMMANDS):
+    if command[:2] in _TASK_COMMANDS:
+        return ProcessRole.TASK
+    if _parses_dags(command) or head == "scheduler":
+        # 2.x runs DAG callbacks, and parses files, in processes forked from the scheduler or dag-processor.
+        if _running(_CALLBACK_FRAMES):
+            return ProcessRole.CALLBACK
+        if head == "scheduler" and not _running(_PARSING_FRAMES):
+            return ProcessRole.SERVER
         return ProcessRole.PARSER
-    if head in _CLI_COMMANDS:
-        return ProcessRole.CLI
     if head in _SERVER_COMMANDS:
         return ProcessRole.SERVER
+    if head:
+        return ProcessRole.CLI
+    if argv is None and _running(_CALLBACK_FRAMES):
+        return ProcessRole.CALLBACK
     return ProcessRole.OTHER
 
 

@@ -1,0 +1,191 @@
+"""Every row of the role table, on every line where its entry point exists, gets the role the table says.
+
+Each entry point is rebuilt as Airflow makes it: the process's command line,
+its environment (an inherited ``_AIRFLOW_PROCESS_CONTEXT`` included), a
+supervisor connection on 3.x, and the Airflow function on the stack (a
+function of the same name in a module of the same name). Real Airflow runs of
+the same entry points are in ``tests/test_compat_standalone.py``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from airflow_sm_refs import roles
+from airflow_sm_refs._compat import HAS_TASK_SDK, ProcessRole, process_role
+
+pytestmark = pytest.mark.compat
+
+PROCESSOR = "airflow.dag_processing.processor"
+CONNECTION_TEST = "airflow.sdk.execution_time.connection_test_supervisor"
+
+
+def _airflow(*words: str) -> list[str]:
+    return ["/opt/venv/bin/airflow", *words]
+
+
+def inside(module: str, function: str, call: Callable[[], Any]) -> Any:
+    """Call ``call`` from inside a function named ``function`` of a module named ``module``."""
+    namespace: dict[str, Any] = {"__name__": module}
+    exec(f"def {function}(call):\n    return call()\n", namespace)  # noqa: S102 - a frame with that name
+    return namespace[function](call)
+
+
+class Situation:
+    """One way an entry point comes about: argv, environment, supervisor, stack."""
+
+    def __init__(
+        self,
+        argv: list[str],
+        *,
+        env: dict[str, str] | None = None,
+        supervisor: bool = False,
+        frame: tuple[str, str] | None = None,
+        task_context: bool = False,
+    ) -> None:
+        self.argv, self.env, self.supervisor, self.frame, self.task_context = argv, env or {}, supervisor, frame, task_context
+
+    def role(self, monkeypatch: pytest.MonkeyPatch) -> ProcessRole:
+        monkeypatch.setattr(sys, "argv", self.argv)
+        monkeypatch.delenv("_AIRFLOW_PROCESS_CONTEXT", raising=False)
+        for name, value in self.env.items():
+            monkeypatch.setenv(name, value)
+        if self.task_context:
+            monkeypatch.setenv("AIRFLOW_CTX_DAG_ID", "d")
+            monkeypatch.setenv("AIRFLOW_CTX_TASK_ID", "t")
+        if HAS_TASK_SDK:
+            from airflow.sdk.execution_time import task_runner
+
+            monkeypatch.setattr(task_runner, "SUPERVISOR_COMMS", object() if self.supervisor else None, raising=False)
+        if self.frame is None:
+            return process_role()
+        return inside(*self.frame, process_role)
+
+
+SERVER = {"_AIRFLOW_PROCESS_CONTEXT": "server"}
+CLIENT = {"_AIRFLOW_PROCESS_CONTEXT": "client"}
+
+#: how each row's entry point comes about, on Airflow 3 and on Airflow 2
+SITUATIONS: dict[str, dict[str, list[Situation]]] = {
+    "task process (Local, Celery, Kubernetes executors)": {
+        "3": [
+            Situation(_airflow("scheduler"), env=SERVER, supervisor=True),  # LocalExecutor: forked from the scheduler
+            Situation(_airflow("celery", "worker"), supervisor=True),
+            Situation(_airflow("tasks", "run", "d", "t", "r"), supervisor=True),  # KubernetesExecutor pod
+        ],
+        "2": [
+            Situation(_airflow("scheduler"), task_context=True),
+            Situation(_airflow("celery", "worker"), task_context=True),
+            Situation(_airflow("tasks", "run", "d", "t", "r", "--raw"), task_context=True),
+        ],
+    },
+    "`airflow tasks run`, `tasks test`, `dags test`": {
+        v: [Situation(_airflow("tasks", "run", "d", "t")), Situation(_airflow("tasks", "test", "d", "t")), Situation(_airflow("dags", "test", "d"))]
+        for v in "23"
+    },
+    "trigger runner (deferrable operators)": {
+        "3": [Situation(_airflow("triggerer"), env=CLIENT, supervisor=True)],
+        "2": [Situation(_airflow("triggerer"))],
+    },
+    "DAG processor running a DAG's callbacks (success/failure, SLA, stale tasks)": {
+        "3": [Situation(_airflow("dag-processor"), env=CLIENT, supervisor=True, frame=(PROCESSOR, "_execute_callbacks"))],
+        "2": [
+            Situation(_airflow("scheduler"), frame=(PROCESSOR, "execute_callbacks")),
+            Situation(_airflow("dag-processor"), frame=(PROCESSOR, "execute_callbacks")),
+            Situation(_airflow("scheduler"), frame=(PROCESSOR, "manage_slas")),
+        ],
+    },
+    "DAG processor parsing a file": {
+        "3": [Situation(_airflow("dag-processor"), env=CLIENT, supervisor=True)],
+        "2": [Situation(_airflow("scheduler"), frame=(PROCESSOR, "process_file")), Situation(_airflow("dag-processor"))],
+    },
+    "a script or subprocess a task starts": {
+        v: [
+            Situation(["/usr/bin/python3", "export_report.py"], env=SERVER),  # inherited from the scheduler
+            Situation(["/usr/bin/python3", "-c", "import airflow"], env=SERVER),
+            Situation(["/bin/sh"]),
+        ]
+        for v in "23"
+    },
+    "worker-side connection test (the UI's Test button, `[core] test_connection`)": {
+        "3": [
+            Situation(_airflow("scheduler"), env=CLIENT, frame=(CONNECTION_TEST, "supervise_connection_test")),
+            Situation(_airflow("celery", "worker"), env=CLIENT, frame=(CONNECTION_TEST, "supervise_connection_test")),
+        ],
+    },
+    "API server / webserver": {
+        v: [
+            Situation(_airflow("api-server"), env=SERVER),
+            Situation(_airflow("webserver", "-p", "8080")),
+            Situation(["/venv/bin/gunicorn", "--name", "airflow-webserver", "airflow.www.app:cached_app()"]),
+            Situation(["/venv/bin/uvicorn", "airflow.api_fastapi.main:app"]),
+        ]
+        for v in "23"
+    },
+    "scheduler": {v: [Situation(_airflow("scheduler"), env=SERVER)] for v in "23"},
+    "triggerer parent": {"3": [Situation(_airflow("triggerer"), env=SERVER)]},
+    "Celery worker parent": {"3": [Situation(_airflow("celery", "worker"))]},
+    "`airflow connections ...`, `variables ...`, `config ...`": {
+        v: [
+            Situation(_airflow("connections", "get", "db")),
+            Situation(_airflow("variables", "get", "v"), env=SERVER),
+            Situation(_airflow("config", "list")),
+        ]
+        for v in "23"
+    },
+    "`airflow tasks render` and every other Airflow CLI command": {
+        v: [
+            Situation(_airflow("tasks", "render", "d", "t", "2024-01-01")),
+            Situation(["/usr/bin/python3", "-m", "airflow", "tasks", "render", "d", "t"]),
+            Situation(_airflow("version")),
+            Situation(_airflow("dags", "trigger", "d")),
+            Situation(_airflow("db", "check")),
+        ]
+        for v in "23"
+    },
+    "this package's CLI (`airflow-sm-refs check`), anything else": {
+        v: [
+            Situation(["/opt/venv/bin/airflow-sm-refs", "check", "db"]),
+            Situation(["/usr/bin/python3", "-m", "airflow_sm_refs.cli", "check", "db"]),
+        ]
+        for v in "23"
+    },
+}
+
+LINE = "3" if HAS_TASK_SDK else "2"
+
+
+def test_every_row_has_its_situations() -> None:
+    assert set(SITUATIONS) == {row.entry_point for row in roles.ROLE_TABLE}
+
+
+@pytest.mark.parametrize("row", roles.ROLE_TABLE, ids=lambda row: row.entry_point[:40])
+def test_each_entry_point_gets_its_rows_role(row: roles.RoleRow, monkeypatch: pytest.MonkeyPatch) -> None:
+    if not row.exists():
+        return  # not on this line (the connection test before 3.3)
+    situations = SITUATIONS[row.entry_point].get(LINE, [])
+    assert situations, f"no situation for {row.entry_point!r} on Airflow {LINE}"
+    for situation in situations:
+        with monkeypatch.context() as patch:
+            got = situation.role(patch)
+        assert got is row.role, f"{situation.argv} {situation.env} frame={situation.frame}: {got} (table: {row.role})"
+
+
+def test_a_callback_and_a_parse_in_one_process_each_get_their_own_role(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the DAG processor is doing decides, not its command line: a parse right after a callback refuses."""
+    if HAS_TASK_SDK:
+        callback = Situation(_airflow("dag-processor"), env=CLIENT, supervisor=True, frame=(PROCESSOR, "_execute_callbacks"))
+    else:
+        callback = Situation(_airflow("dag-processor"), frame=(PROCESSOR, "execute_callbacks"))
+    assert callback.role(monkeypatch) is ProcessRole.CALLBACK
+    assert process_role() is ProcessRole.PARSER  # the same process, the callback over
+
+
+def test_the_readme_table_is_the_role_table() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert roles.markdown_table() in readme, "regenerate it: python -m airflow_sm_refs.roles"
