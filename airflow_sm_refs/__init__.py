@@ -18,6 +18,7 @@ with warnings.catch_warnings():
     import airflow  # noqa: F401
 
 from airflow_sm_refs._exceptions import (
+    BackendOptionError,
     ReferenceNotAllowedError,
     ReferenceSyntaxError,
     SecretAccessDeniedError,
@@ -35,6 +36,7 @@ from airflow_sm_refs.worker_cache import WorkerCache, clear_worker_cache
 __version__ = "0.1.0"
 
 __all__ = [
+    "BackendOptionError",
     "ReferenceNotAllowedError",
     "ReferenceSyntaxError",
     "SecretAccessDeniedError",

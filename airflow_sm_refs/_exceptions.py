@@ -11,6 +11,7 @@ resolve, so that the lookup stops there too.
     SecretReferenceError (AirflowSecretsBackendAccessDenied on 3.2.2+, else Exception)
     ├── ReferenceSyntaxError      the text starts like a reference but does not parse
     ├── ReferenceNotAllowedError  the reference or connection is outside the allowlist
+    ├── BackendOptionError        the backend's options (backend_kwargs) are invalid
     ├── SecretKeyError            the key is missing, or the secret is not a JSON object
     └── SecretFetchError          AWS did not return the secret
         ├── SecretNotFoundError   gone, or never existed
@@ -105,6 +106,10 @@ class ReferenceSyntaxError(SecretReferenceError, ValueError):
 
 class ReferenceNotAllowedError(SecretReferenceError):
     """The reference, or references in this connection, are not allowed by the configuration."""
+
+
+class BackendOptionError(SecretReferenceError):
+    """The backend's options are invalid: nothing is resolved until they are fixed."""
 
 
 class SecretKeyError(SecretReferenceError, KeyError):

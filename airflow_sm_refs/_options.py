@@ -14,9 +14,10 @@ still be importing itself.
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 __all__ = [
@@ -172,3 +173,12 @@ def parse_verify(value: Any, option: str = "verify") -> bool | str | None:
     if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
         return parse_bool(value, option)
     return parse_str(value, option)
+
+
+def unknown_option(name: str, known: Sequence[str]) -> str:
+    """One line refusing the option ``name``, with the nearest known name if there is one."""
+    nearest = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    if not nearest:
+        nearest = [k for k in known if k.startswith(name) or name.startswith(k)][:1]
+    hint = f" (did you mean {nearest[0]!r}?)" if nearest else ""
+    return f"unknown option {name!r}{hint}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 from collections.abc import Iterator
@@ -24,12 +25,13 @@ from airflow_sm_refs._compat import (
     process_role,
 )
 from airflow_sm_refs._exceptions import (
+    BackendOptionError,
     ReferenceNotAllowedError,
     SecretFetchError,
     SecretLookupAborted,
     SecretReferenceError,
 )
-from airflow_sm_refs._options import parse_bool, parse_dict, parse_str, parse_verify
+from airflow_sm_refs._options import parse_bool, parse_dict, parse_str, parse_verify, unknown_option
 
 if TYPE_CHECKING:
     from airflow_sm_refs.expand import Expansion
@@ -67,7 +69,10 @@ def _guard(key: str) -> Iterator[bool]:
         _in_progress.reset(token)
 
 
-_FAIL_CLOSED_ROLES = frozenset({ProcessRole.TASK, ProcessRole.TRIGGER, ProcessRole.OTHER})
+_FAIL_CLOSED_ROLES = frozenset(role for role in ProcessRole if role.resolves)
+
+#: option errors already logged in this process (Airflow builds backends often: one line each)
+_OPTION_ERRORS_LOGGED: set[str] = set()
 # A reference met while a DAG file is parsed must not be swallowed either: the
 # next backend would hand the raw token to the file. Its error becomes the
 # file's import error (the 3.x parser catches BaseException around the import).
@@ -232,11 +237,45 @@ class SecretsManagerRefsBackend(BaseSecretsBackend):
     ) -> None:
         # No AWS, disk or heavy import work here: Airflow builds instances
         # often, sometimes while it is still importing itself. Options are
-        # parsed strictly, so a bad one fails here, naming it.
+        # parsed strictly, but a bad one must not stop Airflow: every process
+        # builds this backend while it imports, the API server and the
+        # scheduler included. It is kept as ``option_error``: servers and CLI
+        # commands log it once and step aside, a task fails closed with it.
         super().__init__()
-        unknown = set(kwargs) - set(AWS_CONNECTION_KWARGS)
+        #: what is wrong with the options (one line, naming the option), or ``None``
+        self.option_error: str | None = None
+        options = {name: value for name, value in locals().items() if name not in ("self", "kwargs", "__class__")}
+        try:
+            self._parse_options(**options, **kwargs)
+        except (TypeError, ValueError) as exc:
+            self.option_error = f"{type(self).__name__} backend_kwargs: {exc}"
+
+    def _parse_options(
+        self,
+        region_name: Any,
+        endpoint_url: Any,
+        role_arn: Any,
+        assume_role_method: Any,
+        assume_role_kwargs: Any,
+        profile_name: Any,
+        verify: Any,
+        config_kwargs: Any,
+        cache_ttl_seconds: Any,
+        stale_if_error_seconds: Any,
+        resolve_on_server: Any,
+        shared_cache: Any,
+        shared_cache_dir: Any,
+        shared_cache_max_entries: Any,
+        negative_cache_seconds: Any,
+        allowed_secrets: Any,
+        allowed_conn_ids: Any,
+        allowed_variables: Any,
+        resolve_at_parse_time: Any,
+        **kwargs: Any,
+    ) -> None:
+        unknown = sorted(set(kwargs) - set(AWS_CONNECTION_KWARGS))
         if unknown:
-            raise TypeError(f"SecretsManagerRefsBackend got unknown backend_kwargs: {sorted(unknown)}")
+            raise TypeError("; ".join(unknown_option(name, self._known_options()) for name in unknown))
         given = {
             "region_name": region_name,
             "endpoint_url": endpoint_url,
@@ -271,9 +310,29 @@ class SecretsManagerRefsBackend(BaseSecretsBackend):
         #: (the chain as last seen, the backends after this one in it)
         self._later_memo: tuple[list[Any], list[Any]] | None = None
 
+    @classmethod
+    def _known_options(cls) -> list[str]:
+        names = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "kwargs")]
+        return names + [n for n in AWS_CONNECTION_KWARGS if n not in names]
+
+    def _bad_options(self, key: str, kind: str) -> bool:
+        """With a bad option: raise in a process that resolves; elsewhere log it once and step aside (``True``)."""
+        if self.option_error is None:
+            return False
+        if process_role().resolves:
+            error = BackendOptionError(self.option_error, conn_id=key, field=None if kind == "connection" else "value")
+            log.error("%s", error)
+            raise self._fail_closed(error, key, kind) from None
+        if self.option_error not in _OPTION_ERRORS_LOGGED:
+            _OPTION_ERRORS_LOGGED.add(self.option_error)
+            log.error("%s; the backend steps aside in this process until it is fixed", self.option_error)
+        return True
+
     @cached_property
     def resolver(self) -> SecretResolver:
         """The resolver for this backend's AWS identity (clients and caches are shared per process)."""
+        if self.option_error is not None:
+            raise BackendOptionError(self.option_error)
         from airflow_sm_refs._aws import clients_for_settings
 
         return self.cache_settings.resolver_for(clients_for_settings(self.aws_settings))
@@ -397,6 +456,8 @@ class SecretsManagerRefsBackend(BaseSecretsBackend):
         :raises SecretReferenceError: a reference cannot be resolved; the lookup stops here
         :raises SecretLookupAborted: the same, before Airflow 3.2.2, in processes that resolve
         """
+        if self._bad_options(conn_id, "connection"):
+            return None
         mode = self._mode()
         if mode == _STEP_ASIDE:
             return None
@@ -419,6 +480,8 @@ class SecretsManagerRefsBackend(BaseSecretsBackend):
         ``aget_connection``, a cache miss) runs in a worker thread, so the
         loop is never blocked.
         """
+        if self._bad_options(conn_id, "connection"):
+            return None
         mode = self._mode()
         if mode == _STEP_ASIDE:
             return None
@@ -469,6 +532,8 @@ class SecretsManagerRefsBackend(BaseSecretsBackend):
 
     def get_variable(self, key: str, team_name: str | None = None) -> str | None:
         """Find the raw variable later in the chain and return it with its references resolved."""
+        if self._bad_options(key, "variable"):
+            return None
         mode = self._mode()
         if mode == _STEP_ASIDE:
             return None

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
 import pytest
 
-from airflow_sm_refs import SecretsManagerRefsBackend
+from airflow_sm_refs import BackendOptionError, SecretsManagerRefsBackend
 from airflow_sm_refs._options import parse_bool, parse_dict, parse_list, parse_number
 from standins.aws import AwsStandIn
-from tests.conftest import configure_backend, get_connection, set_conn
+from tests.conftest import configure_backend, get_connection, lookup_fails, set_conn
 
 pytestmark = pytest.mark.compat
 
@@ -131,14 +132,37 @@ class TestBackendOptions:
             ("shared_cache_max_entries", "1.5"),
         ],
     )
-    def test_unclear_option_is_refused_when_built_naming_it(self, option: str, value: object) -> None:
-        with pytest.raises((ValueError, TypeError), match=repr(option)):
-            SecretsManagerRefsBackend(**{option: value})
+    def test_unclear_option_is_kept_naming_it_and_fails_a_lookup_closed(
+        self, option: str, value: object, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # Built without raising: Airflow builds the backend in every process while it imports.
+        backend = SecretsManagerRefsBackend(**{option: value})
+        assert backend.option_error is not None and repr(option) in backend.option_error
+        assert "\n" not in backend.option_error
+        set_conn(monkeypatch, "db", {"conn_type": "postgres", "password": "{{workato:sm:password:airflow/db}}"})
+        with lookup_fails(BackendOptionError, match=repr(option)):
+            backend.get_connection("db")  # this process resolves: it fails closed, naming the option
+
+    @pytest.mark.parametrize(("given", "meant"), [("cache_ttl", "cache_ttl_seconds"), ("regoin_name", "region_name")])
+    def test_a_mistyped_name_gets_the_nearest_one(self, given: str, meant: str) -> None:
+        error = SecretsManagerRefsBackend(**{given: 60}).option_error
+        assert error == f"SecretsManagerRefsBackend backend_kwargs: unknown option {given!r} (did you mean {meant!r}?)"
+
+    def test_a_server_logs_a_bad_option_once_and_steps_aside(
+        self, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        monkeypatch.setattr("sys.argv", ["airflow", "scheduler"])
+        set_conn(monkeypatch, "db", {"conn_type": "postgres", "password": "{{workato:sm:password:airflow/db}}"})
+        with caplog.at_level(logging.ERROR, logger="airflow_sm_refs"):
+            for _ in range(3):
+                assert SecretsManagerRefsBackend(cache_ttl_seconds="abc").get_connection("db") is None
+        lines = [r.getMessage() for r in caplog.records if "cache_ttl_seconds" in r.getMessage()]
+        assert len(lines) == 1 and "steps aside" in lines[0]
 
     def test_credential_option_is_named_but_never_shown(self) -> None:
-        with pytest.raises(ValueError, match="'aws_secret_access_key'") as info:
-            SecretsManagerRefsBackend(aws_secret_access_key=["wJalrXUtnFEMI-not-shown"])
-        assert "wJalrXUtnFEMI" not in str(info.value)
+        error = SecretsManagerRefsBackend(aws_secret_access_key=["wJalrXUtnFEMI-not-shown"]).option_error
+        assert error is not None and "'aws_secret_access_key'" in error
+        assert "wJalrXUtnFEMI" not in error
 
     def test_json_strings_for_dict_options_and_verify(self) -> None:
         backend = SecretsManagerRefsBackend(
