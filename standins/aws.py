@@ -140,6 +140,8 @@ class AwsStandIn:
         self._fail_all: InjectedFault | None = None
         #: actions answered AccessDeniedException, as an IAM policy without them would
         self._denied_actions: set[str] = set()
+        #: access key ids whose every request is answered AccessDeniedException, as IAM would a principal without a grant
+        self._denied_keys: set[str] = set()
         self._served: set[str] = set()
         self._keys: collections.defaultdict[str, set[str]] = collections.defaultdict(set)
         self._moto = None
@@ -260,6 +262,7 @@ class AwsStandIn:
             self._faults.clear()
             self._fail_all = None
             self._denied_actions.clear()
+            self._denied_keys.clear()
             self._served.clear()
             self._keys.clear()
 
@@ -337,6 +340,10 @@ class AwsStandIn:
                 self._keys[action].add(access_key)
             if action in self._denied_actions:
                 return InjectedFault(400, "AccessDeniedException", f"not authorized to perform secretsmanager:{action}")
+            if access_key in self._denied_keys:
+                return InjectedFault(
+                    400, "AccessDeniedException", f"{access_key} is not authorized to perform secretsmanager:{action}"
+                )
             if self._faults:
                 return self._faults.popleft()
             return self._fail_all
@@ -378,6 +385,17 @@ class AwsStandIn:
         finally:
             with self._lock:
                 self._denied_actions.discard(action)
+
+    @contextmanager
+    def denying_key(self, access_key_id: str) -> Iterator[None]:
+        """Answer every request signed with ``access_key_id`` with AccessDeniedException while the block runs (counted)."""
+        with self._lock:
+            self._denied_keys.add(access_key_id)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._denied_keys.discard(access_key_id)
 
     @contextmanager
     def failing(self, fault: InjectedFault) -> Iterator[None]:
