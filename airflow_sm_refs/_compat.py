@@ -66,13 +66,19 @@ def _has_module(name: str) -> bool:
         return False
 
 
+#: this package's command line printing help or reading a token: Airflow is never imported
+#: (finding its modules would import it), so nothing below may ask about it
+_WITHOUT_AIRFLOW: bool = getattr(sys.modules.get("airflow_sm_refs"), "WITHOUT_AIRFLOW", False)
+
 #: Airflow 3's Task SDK runs tasks: a task process talks to a supervisor, not the metastore.
-HAS_TASK_SDK: bool = _has_module("airflow.sdk.execution_time")
+HAS_TASK_SDK: bool = not _WITHOUT_AIRFLOW and _has_module("airflow.sdk.execution_time")
 
 #: 3.3+: workers test connections for the UI's Test button (``[core] test_connection``)
 HAS_WORKER_CONNECTION_TEST: bool = HAS_TASK_SDK and _has_module("airflow.sdk.execution_time.connection_test_supervisor")
 
 try:  # Task SDK 1.2.2+ (Airflow 3.2.2+): every lookup loop re-raises this class
+    if _WITHOUT_AIRFLOW:
+        raise ImportError("no Airflow in this process")
     from airflow.sdk.exceptions import AirflowSecretsBackendAccessDenied as _Deny
 
     AUTHORITATIVE_DENY: bool = True

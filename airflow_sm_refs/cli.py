@@ -291,6 +291,11 @@ def command_check(conn_ids: Sequence[str], out: TextIO, err: TextIO) -> int:
     setup = _configured_backend()
     if setup.note:
         print(f"note: {setup.note}", file=err)
+    option_error = getattr(setup.backend, "option_error", None)
+    if option_error is not None:
+        # Servers step aside and tasks fail on it: nothing would resolve.
+        print(f"error: {option_error}; tasks fail until it is fixed", file=err)
+        return EXIT_FAILED
     sources = _raw_sources(setup.other)
     results = [_check_one(conn_id, setup, sources, out) for conn_id in conn_ids]
     return EXIT_OK if all(results) else EXIT_FAILED
@@ -615,6 +620,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    if args.command == "parse":
+        # The grammar alone: no Airflow (whose import builds the configured backend) and no AWS.
+        return command_parse(args.token, out, err)
     try:
         _start_airflow()
         from airflow_sm_refs._exceptions import SecretReferenceError

@@ -344,6 +344,42 @@ class TestUsage:
         assert done.returncode == 0 and "check" in done.stdout and "parse" in done.stdout
 
 
+class TestWithoutAirflow:
+    """``--help`` and ``parse`` need the grammar only: they import no Airflow, so a broken configuration cannot stop them."""
+
+    def _run(self, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+        script = Path(sys.executable).parent / "airflow-sm-refs"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+        # An Airflow that cannot start: importing it would fail loudly.
+        env.update(AIRFLOW_HOME=str(tmp_path), AIRFLOW__SECRETS__BACKEND="no.such.module.Backend")
+        return subprocess.run(
+            [sys.executable, "-X", "importtime", str(script), *args], capture_output=True, text=True, env=env, timeout=120
+        )
+
+    @pytest.mark.parametrize("args", [("--help",), ("check", "--help"), ("parse", "{{workato:sm:password:prod/db}}")])
+    def test_no_airflow_import(self, tmp_path: Path, args: tuple[str, ...]) -> None:
+        done = self._run(tmp_path, *args)
+        assert done.returncode == 0, done.stderr[-2000:]
+        imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
+        assert "airflow_sm_refs.reference" in imported or args[-1] == "--help"
+        assert not {name for name in imported if name == "airflow" or name.startswith(("airflow.", "boto"))}
+
+    def test_a_malformed_token_is_still_one_line(self, tmp_path: Path) -> None:
+        done = self._run(tmp_path, "parse", "{{workato:sm:password:prod/db:X:y}}")
+        errors = [line for line in done.stderr.splitlines() if not line.startswith("import time:")]
+        assert done.returncode == 1 and len(errors) == 1 and "version stage or a version id" in errors[0]
+
+
+class TestBadOption:
+    def test_check_reports_a_mistyped_option_and_exits_1(self, cli: Cli) -> None:
+        cli.configure(cache_ttl=60)
+        cli.conn("warehouse", WAREHOUSE)
+        run = cli("check", "warehouse")
+        assert run.code == 1
+        assert "unknown option 'cache_ttl' (did you mean 'cache_ttl_seconds'?)" in run.err
+        assert run.out == ""
+
+
 class TestCacheClear:
     def test_clears_the_configured_directory(self, cli: Cli) -> None:
         cli.conn("warehouse", WAREHOUSE)
