@@ -1,17 +1,23 @@
 """A model of the two cache tiers under random interleavings (hypothesis state machine).
 
 Several process views (each a ``SecretResolver`` with its own in-process
-``TTLCache``, its own TTL and stale window, and a ``WorkerCache`` on one shared
-directory), all on one fake clock, are fed by a fake AWS that can rotate,
+``TTLCache``, its own TTL, stale and negative windows, and a ``WorkerCache`` on
+one shared directory), all on one fake clock, look secrets up by every
+spelling (name, partial ARN, full ARN, all in the caller's own account), and
+are fed by a fake AWS that can rotate,
 delete, revoke, throttle, answer 5xx, drop the connection, or answer too late
 (the read timeout passes, the clock with it). A fork is either a new process
 view on the same directory or a real ``os.fork`` that looks up in the child.
 
 Invariants, checked on every lookup:
-- a value is never served past its reader's TTL plus stale window after its fetch;
-- after AWS answered not-found or denied, no value fetched before that answer
-  is served, except a fresh one from a process's own tier (revocation takes
-  effect at expiry, never later);
+- a value is never served past its reader's TTL plus stale window after its fetch,
+  and only for a spelling of the secret it was fetched for;
+- after AWS answered not-found or denied for an id, no value of it fetched before
+  that answer is served, except a fresh one from a process's own tier
+  (revocation takes effect at expiry, never later);
+- once a process is told that a secret it held under an id is gone or denied,
+  it serves no value of that secret fetched before, by any spelling (a
+  not-found or denied answer drops every spelling);
 - only values AWS handed out are returned (never a raw token);
 - no lookup hangs.
 """
@@ -46,6 +52,16 @@ from tests.conftest import FakeClock
 pytestmark = pytest.mark.compat
 
 SECRETS = ["app/db", "app/api"]
+ACCOUNT = "111111111111"
+
+
+def arn_of(name: str) -> str:
+    return f"arn:aws:secretsmanager:us-east-1:{ACCOUNT}:secret:{name}-AbCdEf"
+
+
+#: every spelling of each secret (all in the caller's own account and region) -> the secret's name
+SECRET_OF = {spelling: name for name in SECRETS for spelling in (name, arn_of(name)[:-7], arn_of(name))}
+SPELLINGS = list(SECRET_OF)
 READ_TIMEOUT = 5.0
 LOOKUP_TIMEOUT = 10.0
 FAULTS = [None, "throttling", "5xx", "dropped connection", "slow answer"]
@@ -62,25 +78,27 @@ class FakeAws:
     fault: str | None = None
     #: fetch serial -> (secret, time of the fetch)
     fetched: dict[str, tuple[str, float]] = field(default_factory=dict)
-    #: secret -> time of the latest not-found or denied answer
+    #: id asked -> time of the latest not-found or denied answer to it
     refused_at: dict[str, float] = field(default_factory=dict)
 
     def fetch(self, clients: Any, ref: Any) -> SecretPayload:
-        name, where = ref.secret_id, f"secret {ref.secret_id!r} (AWSCURRENT)"
+        asked, where = ref.secret_id, f"secret {ref.secret_id!r} (AWSCURRENT)"
+        name = SECRET_OF[asked]
         if self.fault == "slow answer":
             self.clock.advance(READ_TIMEOUT)  # the read timeout passes, then botocore gives up
             raise SecretTransientError(f"{where}: ReadTimeoutError", reference=ref.text)
         if self.fault is not None:
             raise SecretTransientError(f"{where}: {self.fault}", reference=ref.text)
         if not self.exists[name]:
-            self.refused_at[name] = self.clock()
+            self.refused_at[asked] = self.clock()
             raise SecretNotFoundError(f"{where}: ResourceNotFoundException", reference=ref.text)
         if not self.allowed[name]:
-            self.refused_at[name] = self.clock()
+            self.refused_at[asked] = self.clock()
             raise SecretAccessDeniedError(f"{where}: AccessDeniedException", reference=ref.text)
         serial = f"fetch-{len(self.fetched)}-{os.getpid()}"
         self.fetched[serial] = (name, self.clock())
-        return SecretPayload(f"arn:{name}", serial, json.dumps({"password": f"{name}-v{self.version[name]}"}), None)
+        value = json.dumps({"password": f"{name}-v{self.version[name]}"})
+        return SecretPayload(arn_of(name), serial, value, None, name=name)
 
 
 @dataclass
@@ -88,8 +106,10 @@ class View:
     """One task process: its own in-process tier and settings, the shared directory."""
 
     resolver: SecretResolver
-    #: secret -> time this view itself got a not-found or denied answer
+    #: secret -> when this view was told, for an id it held the secret under, that it is gone or denied
     refused_at: dict[str, float] = field(default_factory=dict)
+    #: id -> the secret this view last served for it (its tier holds that payload)
+    held: dict[str, str] = field(default_factory=dict)
 
 
 def lookup_with_timeout(view: View, name: str) -> tuple[str, Any]:
@@ -112,26 +132,36 @@ def lookup_with_timeout(view: View, name: str) -> tuple[str, Any]:
     return outcome[0]
 
 
-def check(aws: FakeAws, view: View, name: str, outcome: tuple[str, Any], now: float) -> None:
+def check(aws: FakeAws, view: View, spelling: str, outcome: tuple[str, Any], now: float) -> None:
     """The invariants, for one lookup's outcome."""
     kind, result = outcome
+    name = SECRET_OF[spelling]
     if kind == "error":
         if isinstance(result, (SecretNotFoundError, SecretAccessDeniedError)):
-            view.refused_at[name] = now
+            if view.held.pop(spelling, None) is not None:
+                # Told it is gone, by an id this view held it under: every spelling goes.
+                view.refused_at[name] = now
+                view.held = {k: v for k, v in view.held.items() if v != name}
+        else:
+            view.held.pop(spelling, None)  # an expired value not served stale is let go of
         return
     payload, source = result
-    assert payload.version_id in aws.fetched, f"{name}: served something AWS never handed out"
+    assert payload.version_id in aws.fetched, f"{spelling}: served something AWS never handed out"
     secret, fetched_at = aws.fetched[payload.version_id]
-    assert secret == name and payload.string is not None and not payload.string.startswith("{{")
+    assert secret == name, f"{spelling}: served the value of {secret}"
+    assert payload.string is not None and not payload.string.startswith("{{")
     age = now - fetched_at
     ttl, stale = view.resolver.cache_ttl_seconds, view.resolver.stale_if_error_seconds
-    assert age < ttl + stale, f"{name}: served {age} s after its fetch, past {ttl} + {stale} ({source})"
-    refused = aws.refused_at.get(name)
+    assert age < ttl + stale, f"{spelling}: served {age} s after its fetch, past {ttl} + {stale} ({source})"
+    refused = aws.refused_at.get(spelling)
     if refused is not None and fetched_at < refused:
         assert source == "process cache" and age < ttl, (
-            f"{name}: a value fetched before AWS refused it, served from {source} {age} s after its fetch"
+            f"{spelling}: a value fetched before AWS refused it, served from {source} {age} s after its fetch"
         )
-        assert view.refused_at.get(name, -1.0) < fetched_at, f"{name}: served after this process was refused it"
+    assert view.refused_at.get(name, -1.0) < fetched_at, (
+        f"{spelling}: served a value of {name} fetched before this process was told it is gone or denied ({source})"
+    )
+    view.held[spelling] = name
 
 
 class CacheModel(RuleBasedStateMachine):
@@ -142,6 +172,7 @@ class CacheModel(RuleBasedStateMachine):
         self.directory = tempfile.mkdtemp(prefix="cache-model-")
         self.views: list[View] = []
         self.rand = random.Random(0)
+        resolver_module.clear_process_cache()  # which account our identity acts in is learned again
         self._real_fetch = resolver_module.fetch_secret
         resolver_module.fetch_secret = self.aws.fetch  # type: ignore[assignment]
 
@@ -152,26 +183,42 @@ class CacheModel(RuleBasedStateMachine):
                 view.resolver.shared.close()  # type: ignore[attr-defined]
         shutil.rmtree(self.directory, ignore_errors=True)
 
-    def new_view(self, ttl: float, stale: float) -> View:
+    def new_view(self, ttl: float, stale: float, negative: float = 10.0, jitter: float = 0.1) -> View:
         clients = RegionalClients(lambda region: None, "us-east-1", "model-identity")
         shared = WorkerCache(
-            os.path.join(self.directory, "worker"), timer=self.clock, rand=self.rand.random, lock_timeout=2, max_entries=50
+            os.path.join(self.directory, "worker"),
+            timer=self.clock,
+            rand=self.rand.random,
+            jitter=jitter,
+            lock_timeout=2,
+            max_entries=50,
         )
-        cache: TTLCache[SecretPayload] = TTLCache(timer=self.clock, rand=self.rand.random)
-        view = View(SecretResolver(clients, ttl, stale, cache=cache, shared=shared))
+        # A wide jitter (0.5) makes "one spelling's entry expired, another's still fresh" common.
+        cache: TTLCache[SecretPayload] = TTLCache(timer=self.clock, rand=self.rand.random, jitter=jitter)
+        view = View(SecretResolver(clients, ttl, stale, cache=cache, shared=shared, negative_cache_seconds=negative))
         self.views.append(view)
         return view
 
-    @initialize(ttl=st.sampled_from([30.0, 60.0, 300.0]), stale=st.sampled_from([0.0, 60.0, 300.0]))
-    def first_process(self, ttl: float, stale: float) -> None:
-        self.new_view(ttl, stale)
+    @initialize(
+        ttl=st.sampled_from([30.0, 60.0, 300.0]),
+        stale=st.sampled_from([0.0, 60.0, 300.0]),
+        negative=st.sampled_from([0.0, 10.0]),
+        jitter=st.sampled_from([0.1, 0.5]),
+    )
+    def first_process(self, ttl: float, stale: float, negative: float, jitter: float) -> None:
+        self.new_view(ttl, stale, negative, jitter)
 
     @precondition(lambda self: len(self.views) < 4)
-    @rule(ttl=st.sampled_from([30.0, 60.0, 300.0]), stale=st.sampled_from([0.0, 60.0, 300.0]))
-    def fork_new_process(self, ttl: float, stale: float) -> None:
-        self.new_view(ttl, stale)
+    @rule(
+        ttl=st.sampled_from([30.0, 60.0, 300.0]),
+        stale=st.sampled_from([0.0, 60.0, 300.0]),
+        negative=st.sampled_from([0.0, 10.0]),
+        jitter=st.sampled_from([0.1, 0.5]),
+    )
+    def fork_new_process(self, ttl: float, stale: float, negative: float, jitter: float) -> None:
+        self.new_view(ttl, stale, negative, jitter)
 
-    @rule(data=st.data(), name=st.sampled_from(SECRETS))
+    @rule(data=st.data(), name=st.sampled_from(SPELLINGS))
     def lookup(self, data: st.DataObject, name: str) -> None:
         view = data.draw(st.sampled_from(self.views), label="view")
         outcome = lookup_with_timeout(view, name)
@@ -198,7 +245,7 @@ class CacheModel(RuleBasedStateMachine):
         self.aws.fault = fault
 
     @precondition(lambda self: hasattr(os, "fork"))
-    @rule(data=st.data(), name=st.sampled_from(SECRETS))
+    @rule(data=st.data(), name=st.sampled_from(SPELLINGS))
     def real_fork(self, data: st.DataObject, name: str) -> None:
         """A real fork: the child inherits a view (its in-process tier too) and looks up."""
         view = data.draw(st.sampled_from(self.views), label="view")

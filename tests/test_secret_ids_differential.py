@@ -265,16 +265,25 @@ class SecretIdsDifferential(RuleBasedStateMachine):
 
     # --- processes --------------------------------------------------------------
     def new_view(
-        self, ttl: float, stale: float, negative: float, region: str, rand: Any, worker_rand: Any = None
+        self,
+        ttl: float,
+        stale: float,
+        negative: float,
+        region: str,
+        rand: Any,
+        worker_rand: Any = None,
+        jitter: float = 0.1,
     ) -> View:
         clients = RegionalClients(caller_client, region, IDENTITY)
         shared = WorkerCache(
             os.path.join(self.directory, "worker"),
             timer=self.clock,
             rand=(worker_rand or rand).random,
+            jitter=jitter,
             lock_timeout=10,
         )
-        cache: TTLCache[Any] = TTLCache(timer=self.clock, rand=rand.random)
+        # A wide jitter (0.5) makes "one spelling's entry expired, another's still fresh" common.
+        cache: TTLCache[Any] = TTLCache(timer=self.clock, rand=rand.random, jitter=jitter)
         resolver = SecretResolver(
             clients, ttl, stale, cache=cache, shared=shared, negative_cache_seconds=negative
         )
@@ -288,17 +297,18 @@ class SecretIdsDifferential(RuleBasedStateMachine):
         "negative": st.sampled_from([0.0, 10.0]),
         "region": st.sampled_from(REGIONS),
         "rand": st.randoms(use_true_random=False),
+        "jitter": st.sampled_from([0.1, 0.5]),
     }
 
     @initialize(**view_settings)
-    def first_process(self, ttl: float, stale: float, negative: float, region: str, rand: Any) -> None:
+    def first_process(self, ttl: float, stale: float, negative: float, region: str, rand: Any, jitter: float) -> None:
         CASES["examples"] += 1
-        self.new_view(ttl, stale, negative, region, rand)
+        self.new_view(ttl, stale, negative, region, rand, jitter=jitter)
 
     @precondition(lambda self: len(self.views) < 3)
     @rule(**view_settings)
-    def another_process(self, ttl: float, stale: float, negative: float, region: str, rand: Any) -> None:
-        self.new_view(ttl, stale, negative, region, rand)
+    def another_process(self, ttl: float, stale: float, negative: float, region: str, rand: Any, jitter: float) -> None:
+        self.new_view(ttl, stale, negative, region, rand, jitter=jitter)
 
     # --- lookups ----------------------------------------------------------------
     @rule(
