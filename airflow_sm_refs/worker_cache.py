@@ -220,8 +220,10 @@ class WorkerCache:
                     # transiently must not let another tier serve an older value stale.
                     failure = current.failure
                     exc = failure.error()
-                    # ...and it stays as old as it is: a throttled retry does not renew the negative window.
+                    # ...and it stays as old as it is: a throttled retry does not renew the negative window,
+                    # here or in the caller's process tier (which remembers it from ``remembered_age`` ago).
                     failed_at = current.fetched_at
+                    exc.remembered_age = now - failed_at
             if not failure.transient and current is not None and current.payload is not None:
                 # Gone or denied: the value goes under every spelling of the secret.
                 for other in spelling_keys(key, current.payload.arn, current.payload.name):
