@@ -384,8 +384,8 @@ class TestSecretsManagerRefsBackend:
         assert aws.calls() == 1
 
     def test_unknown_kwarg_is_a_clear_error(self) -> None:
-        with pytest.raises(TypeError, match="cache_tll_seconds"):
-            SecretsManagerRefsBackend(cache_tll_seconds=5)
+        error = SecretsManagerRefsBackend(cache_tll_seconds=5).option_error
+        assert error is not None and "unknown option 'cache_tll_seconds' (did you mean 'cache_ttl_seconds'?)" in error
 
 
 class _SilentComms:

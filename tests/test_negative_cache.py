@@ -159,10 +159,8 @@ class TestOption:
         assert CacheSettings().negative_cache_seconds == 10
         backend = SecretsManagerRefsBackend(negative_cache_seconds="2.5")
         assert backend.cache_settings.negative_cache_seconds == 2.5
-        with pytest.raises(ValueError, match="negative_cache_seconds"):
-            SecretsManagerRefsBackend(negative_cache_seconds="-1")
-        with pytest.raises(ValueError, match="negative_cache_seconds"):
-            SecretsManagerRefsBackend(negative_cache_seconds="ten")
+        for bad in ("-1", "ten"):  # kept, named, and nothing resolves until it is fixed
+            assert "'negative_cache_seconds'" in (SecretsManagerRefsBackend(negative_cache_seconds=bad).option_error or "")
 
 
 # --- real task processes ------------------------------------------------------
