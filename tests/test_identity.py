@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from airflow_sm_refs import SecretAccessDeniedError
-from airflow_sm_refs import _aws
+from airflow_sm_refs import _identity
 from airflow_sm_refs._aws import identity_of
 from standins.aws import AwsStandIn
 from tests.conftest import BACKEND, configure_backend, get_connection, lookup_fails, set_conn
@@ -125,7 +125,7 @@ class TestCredentialFiles:
     def test_an_edit_that_keeps_size_and_mtime_is_still_seen(self, chain_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
         # A file is remembered by its stat once it is a few seconds old (here
         # at once); an edit that restores the mtime (cp -p, tar) still changes its ctime.
-        chain_env.setattr(_aws, "_RACY_NS", 0)
+        chain_env.setattr(_identity, "_RACY_NS", 0)
         path = write(tmp_path / "credentials", credentials("AKIATEAMA0000000001"))
         os.utime(path, ns=(1_700_000_000_000_000_000, 1_700_000_000_000_000_000))
         chain_env.setenv("AWS_SHARED_CREDENTIALS_FILE", str(path))
