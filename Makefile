@@ -11,7 +11,7 @@ COMPAT_LINES ?= 2.10.3 2.11.0 3.0.6 3.1.8 3.2.1
 # so a module written for the newest Airflow is never imported there.
 COMPAT_TESTS ?= $(shell grep -l '^pytestmark = .*pytest.mark.compat' tests/test_*.py)
 
-.PHONY: venv test e2e e2e-celery demo bench clean test-compat compat-venvs compat-smoke
+.PHONY: venv test e2e e2e-celery demo bench clean test-compat compat-venvs compat-smoke dist
 
 # Installs with uv when it can be had (much faster), else with pip; both
 # honour constraints.txt, the versions the suite is known to pass with.
@@ -40,6 +40,12 @@ e2e-celery: venv
 
 demo: venv
 	$(BIN)/python -m demo
+
+# The wheel and sdist in dist/, and dist/mwaa/ (plugins.zip + requirements.txt)
+# for an Amazon MWAA environment: MWAA_AIRFLOW=2.11.0 for another line.
+MWAA_AIRFLOW ?= 2.10.3
+dist: venv
+	$(BIN)/python scripts/build_dist.py --mwaa-airflow $(MWAA_AIRFLOW)
 
 bench: venv
 	$(BIN)/python benchmarks/lookup.py
