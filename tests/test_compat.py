@@ -215,12 +215,15 @@ class TestTriggers:
         class CrossLoopComms:
             """Like the trigger runner's: a blocking bridge into the loop, which fails from the loop's own thread."""
 
-            calls_from_loop: list[str] = []
+            def __init__(self) -> None:
+                self.calls_from_loop: list[str] = []
+                self.calls_from_threads: list[str] = []
 
             def send(self, msg: Any) -> Any:
                 try:
                     asyncio.get_running_loop()
                 except RuntimeError:
+                    self.calls_from_threads.append(type(msg).__name__)
                     return None  # from a worker thread: fine
                 self.calls_from_loop.append(type(msg).__name__)
                 raise RuntimeError("You cannot use AsyncToSync in the same thread as an async event loop")
@@ -228,13 +231,22 @@ class TestTriggers:
         _write_secret(backend_configured, value={"username": "u", "password": "Loop-Masked-Value-5521"})
         set_conn(monkeypatch, "trig_mask", {"conn_type": "http", "password": REF})
         backend = SecretsManagerRefsBackend(region_name="us-east-1", endpoint_url=backend_configured.endpoint_url)
-        monkeypatch.setattr(task_runner, "SUPERVISOR_COMMS", CrossLoopComms(), raising=False)
+        comms = CrossLoopComms()
+        monkeypatch.setattr(task_runner, "SUPERVISOR_COMMS", comms, raising=False)
         monkeypatch.setattr(sys, "argv", _airflow("triggerer"))
         conn = asyncio.run(backend.aget_connection("trig_mask"))
         assert conn.password == "Loop-Masked-Value-5521"
+        # Airflow resets the masker between tasks: the warm lookup, expanded in the loop's own
+        # thread, must register the value again, from inside the loop.
+        from airflow_sm_refs._compat import reset_secrets_masker
+
+        reset_secrets_masker()
         conn = asyncio.run(backend.aget_connection("trig_mask"))  # warm: expanded in the loop
         assert conn.password == "Loop-Masked-Value-5521"
         assert str(redact("x Loop-Masked-Value-5521 y")) == "x *** y"
+        # The SDK's mask_secret swallows whatever the bridge raises, so only the calls tell: none
+        # may have been made from the loop's own thread (they raise, or deadlock, in a real runner).
+        assert comms.calls_from_loop == [], f"supervisor called from inside the event loop: {comms.calls_from_loop}"
 
 
 class TestCheckCommand:
