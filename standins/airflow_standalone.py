@@ -979,9 +979,14 @@ class AirflowStandalone:
             return ""
         return "\n".join(f"{e.get('filename')}: {e.get('stack_trace')}" for e in data.get("import_errors", []))
 
-    def api_request(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
-        """Call the REST API as the admin (path includes the prefix, see `api_prefix`); return the JSON."""
-        return self._request(method, path, body)
+    def api_request(
+        self, method: str, path: str, body: Mapping[str, Any] | None = None, *, headers: Mapping[str, str] | None = None
+    ) -> Any:
+        """Call the REST API as the admin (path includes the prefix, see `api_prefix`); return the JSON.
+
+        `headers` are sent as well (e.g. 3.3's `Airflow-Connection-Test-Token`).
+        """
+        return self._request(method, path, body, headers=headers)
 
     def _get_token(self) -> str:
         """Log in as the admin user and return the API JWT (3.x)."""
@@ -990,22 +995,28 @@ class AirflowStandalone:
         return str(data["access_token"])
 
     def _request_status(
-        self, method: str, path: str, body: Mapping[str, Any] | None = None, auth: bool = True
+        self,
+        method: str,
+        path: str,
+        body: Mapping[str, Any] | None = None,
+        auth: bool = True,
+        *,
+        headers: Mapping[str, str] | None = None,
     ) -> tuple[int, Any]:
         """Do one HTTP call to the API server; return (status, decoded JSON or text)."""
-        headers = {"Accept": "application/json"}
+        sent = {"Accept": "application/json", **(headers or {})}
         data = None
         if body is not None:
             data = json.dumps(body).encode()
-            headers["Content-Type"] = "application/json"
+            sent["Content-Type"] = "application/json"
         if auth and self.line.is_airflow2:
             basic = base64.b64encode(f"{self.admin_user}:{self.admin_password}".encode()).decode()
-            headers["Authorization"] = f"Basic {basic}"
+            sent["Authorization"] = f"Basic {basic}"
         elif auth:
             if self._token is None:
                 self._token = self._get_token()
-            headers["Authorization"] = f"Bearer {self._token}"
-        req = urllib.request.Request(self.base_url + path, data=data, method=method, headers=headers)
+            sent["Authorization"] = f"Bearer {self._token}"
+        req = urllib.request.Request(self.base_url + path, data=data, method=method, headers=sent)
         # Empty ProxyHandler: never send 127.0.0.1 traffic through an *_PROXY from the environment.
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         try:
@@ -1019,12 +1030,20 @@ class AirflowStandalone:
         except json.JSONDecodeError:
             return status, text
 
-    def _request(self, method: str, path: str, body: Mapping[str, Any] | None = None, auth: bool = True) -> Any:
+    def _request(
+        self,
+        method: str,
+        path: str,
+        body: Mapping[str, Any] | None = None,
+        auth: bool = True,
+        *,
+        headers: Mapping[str, str] | None = None,
+    ) -> Any:
         """Do one HTTP call and return the JSON body; raise on a non-2xx status."""
-        status, payload = self._request_status(method, path, body, auth)
+        status, payload = self._request_status(method, path, body, auth, headers=headers)
         if status == 401 and auth:
             self._token = None  # token expired or secret rotated: fetch a new one once
-            status, payload = self._request_status(method, path, body, auth)
+            status, payload = self._request_status(method, path, body, auth, headers=headers)
         if not 200 <= status < 300:
             raise AirflowStandaloneError(f"{method} {path} -> HTTP {status}: {payload}")
         return payload

@@ -1,0 +1,37 @@
+"""One task that reads a referenced connection, for tests/test_compat_bad_option.py (a mistyped backend option)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+try:  # Airflow 3.1+
+    from airflow.sdk import BaseHook
+except ImportError:  # 2.x, 3.0
+    from airflow.hooks.base import BaseHook  # type: ignore[no-redef]
+try:  # Airflow 3
+    from airflow.sdk import DAG
+except ImportError:  # 2.x
+    from airflow.models.dag import DAG  # type: ignore[no-redef]
+try:  # Airflow 3
+    from airflow.providers.standard.operators.python import PythonOperator
+except ImportError:  # 2.x
+    from airflow.operators.python import PythonOperator  # type: ignore[no-redef]
+
+from tests.compat_triggers import raw_fields
+
+
+def read_connection() -> None:
+    """Must fail: with a bad backend option the task fails closed rather than get the stored text."""
+    conn = BaseHook.get_connection("compat_bad_meta")
+    print(f"COMPAT_UNEXPECTED_SUCCESS raw_fields={raw_fields(conn)}")
+
+
+with DAG(
+    dag_id="compat_bad_option",
+    schedule=None,
+    start_date=datetime(2024, 1, 1),
+    catchup=False,
+    default_args={"retries": 0},
+    tags=["compat"],
+):
+    PythonOperator(task_id="reads_connection", python_callable=read_connection)
