@@ -75,7 +75,10 @@ _RACY_NS = 2_000_000_000
 #: (how a file is read, its path) -> (what os.stat said, what was read from it)
 _FILE_FACTS: dict[tuple[str, str], tuple[tuple[int, ...], Any]] = {}
 
-_WEB_IDENTITY_IN_CONFIG = re.compile(rb"^[ \t]*web_identity_token_file[ \t]*=[ \t]*(\S.*?)[ \t]*\r?$", re.MULTILINE)
+# botocore reads the config with RawConfigParser: keys in any case, ``=`` or ``:``
+_WEB_IDENTITY_IN_CONFIG = re.compile(
+    rb"^[ \t]*web_identity_token_file[ \t]*[=:][ \t]*(\S.*?)[ \t]*\r?$", re.MULTILINE | re.IGNORECASE
+)
 
 
 def _sha256(data: bytes) -> str:
@@ -119,7 +122,7 @@ def _content(data: bytes) -> Any:
 
 def _token_files_named_in(config: bytes) -> list[str]:
     """The ``web_identity_token_file`` paths a config file names (its profiles may assume roles with them)."""
-    if b"web_identity_token_file" not in config:
+    if b"web_identity_token_file" not in config.lower():
         return []
     return sorted({m.group(1).decode("utf-8", "replace") for m in _WEB_IDENTITY_IN_CONFIG.finditer(config)})
 

@@ -142,8 +142,8 @@ def _encode(entry: _Entry) -> bytes:
     return header + b"\n" + body
 
 
-def _decode(data: bytes, key: tuple[str, ...]) -> _Entry | None:
-    """The entry in ``data`` if it is whole, intact and for ``key``; otherwise ``None`` (a miss)."""
+def _decode(data: bytes, key: tuple[str, ...] | None) -> _Entry | None:
+    """The entry in ``data`` if it is whole, intact and for ``key`` (``None``: any); otherwise ``None`` (a miss)."""
     header, newline, body = data.partition(b"\n")
     fields = header.split(b" ")
     if not newline or len(fields) != 4 or fields[0] != _MAGIC or fields[1] != _FORMAT:
@@ -152,7 +152,8 @@ def _decode(data: bytes, key: tuple[str, ...]) -> _Entry | None:
         return None
     try:
         doc = json.loads(body)
-        if tuple(doc["key"]) != key:
+        found = tuple(str(part) for part in doc["key"])
+        if key is not None and found != key:
             return None
         payload = None
         if doc["payload"] is not None:
@@ -172,7 +173,7 @@ def _decode(data: bytes, key: tuple[str, ...]) -> _Entry | None:
             reference = None if e["reference"] is None else str(e["reference"])
             failure = _Failure(str(e["kind"]), str(e["detail"]), reference)
         return _Entry(
-            key=key,
+            key=found,
             attempt=str(doc["attempt"]),
             payload=payload,
             fetched_at=float(doc["fetched_at"]),

@@ -40,8 +40,8 @@ def _describe(key: tuple[str, ...]) -> str:
     return f"secret {secret_id!r} ({f'version id {label}' if kind == 'id' else label or version})"
 
 
-def _read_entry(dir_fd: int | None, name: str, key: tuple[str, ...], euid: int) -> _Entry | None:
-    """The entry named ``name`` if it is intact, for ``key``, and private to ``euid``; otherwise ``None`` (a miss)."""
+def _read_entry(dir_fd: int | None, name: str, key: tuple[str, ...] | None, euid: int) -> _Entry | None:
+    """The entry named ``name`` if it is intact, for ``key`` (``None``: any), and private to ``euid``; otherwise ``None``."""
     if dir_fd is None:  # closed (and dir_fd=None would mean the current directory)
         return None
     try:
@@ -49,7 +49,7 @@ def _read_entry(dir_fd: int | None, name: str, key: tuple[str, ...], euid: int) 
     except FileNotFoundError:
         return None
     except OSError as exc:
-        log.debug("Worker cache entry for %s cannot be opened (%s); treating it as a miss", _describe(key), exc)
+        log.debug("Worker cache entry %s cannot be opened (%s); treating it as a miss", name if key is None else _describe(key), exc)
         return None
     try:
         st = os.fstat(fd)
@@ -73,7 +73,7 @@ def _read_entry(dir_fd: int | None, name: str, key: tuple[str, ...], euid: int) 
         os.close(fd)
     entry = _decode(b"".join(chunks), key)
     if entry is None:
-        log.debug("Worker cache entry for %s is corrupt or incomplete; treating it as a miss", _describe(key))
+        log.debug("Worker cache entry %s is corrupt or incomplete; treating it as a miss", name if key is None else _describe(key))
     return entry
 
 

@@ -16,7 +16,7 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 __all__ = ["TTLCache", "CacheResult", "copy_error", "jittered_ttl"]
 
@@ -169,6 +169,12 @@ class TTLCache(Generic[V]):
         """Forget the value held for ``key``."""
         with self._lock:
             self._entries.pop(key, None)
+
+    def drop_where(self, matches: Callable[[Any], bool]) -> None:
+        """Forget the value held for every key that ``matches``."""
+        with self._lock:
+            for key in [k for k in self._entries if matches(k)]:
+                del self._entries[key]
 
     def put(self, key: Hashable, value: V, *, ttl: float) -> None:
         """Store ``value`` for ``key``, fetched just now (by a batch, or under another spelling of a secret)."""

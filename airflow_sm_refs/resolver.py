@@ -38,7 +38,7 @@ from airflow_sm_refs.fetch import (
     fetch_secret,
 )
 from airflow_sm_refs.reference import SecretReference
-from airflow_sm_refs.secret_ids import OWN_ACCOUNTS, is_name, region_of, same_secret_ids, spelling_keys
+from airflow_sm_refs.secret_ids import OWN_ACCOUNTS, every_spelling, full_arn, is_name, region_of, same_secret_ids
 
 __all__ = ["CacheSettings", "SecretResolver", "PROCESS_CACHE", "ResolvedSecret", "clear_process_cache"]
 
@@ -110,6 +110,18 @@ class SharedTier(Protocol):
         """The payload held for ``key``, fresh or not, and when it expires for ``ttl``; ``None`` if none is."""
         ...
 
+    def forget_where(
+        self,
+        matches: Callable[[tuple[str, ...]], bool],
+        *,
+        record: Callable[[tuple[str, ...]], bool],
+        error: SecretFetchError,
+        ttl: float,
+        stale_if_error: float,
+    ) -> None:
+        """Drop the value of every entry whose key ``matches``; record ``error`` in its place where ``record``."""
+        ...
+
 
 @dataclass(frozen=True)
 class ResolvedSecret:
@@ -162,13 +174,16 @@ class SecretResolver:
         if remembered is not None:
             count("negative_hit")
             raise remembered
-        fetched_from = ["aws"]
+        # Where this thread's load got the payload; ``None`` if another thread
+        # loaded it (this one waited on its flight), so nothing here came from AWS.
+        fetched_from: list[str | None] = [None]
         # A value read from the worker tier keeps its fetch time in this tier
         # too, so it is never served past cache_ttl_seconds from its fetch;
         # the same for a not-found or denied answer it remembered.
         age = [0.0]
 
         def load() -> SecretPayload:
+            fetched_from[0] = "aws"
             if self.shared is not None:
                 try:
                     payload, source, fetched_ago = self.shared.get_or_fetch(
@@ -201,7 +216,11 @@ class SecretResolver:
                 age=lambda: age[0],
             )
         except _NEGATIVE as exc:
-            self._drop_spellings(key, previous)
+            if fetched_from[0] == "aws" and getattr(exc, "remembered_age", None) is None:
+                # AWS said so just now (a remembered answer was acted on when it was given).
+                held_arn = getattr(exc, "held_arn", None) or (previous.arn if previous is not None else None)
+                held_name = getattr(exc, "held_name", None) or (previous.name if previous is not None else None)
+                self._forget(key, exc, held_arn, held_name)
             if negative_ttl > 0:
                 # Only the failure is remembered, never a value: no revocation waits on it.
                 self.cache.remember_failure(key, exc, age=age[0])
@@ -219,6 +238,10 @@ class SecretResolver:
                 result.error,
             )
             return result.value, "process cache (stale)"
+        if fetched_from[0] is None:
+            # Loaded by another thread of this process, which did the rest.
+            count("cache_hit.process")
+            return result.value, "process cache"
         if fetched_from[0] in ("aws", "worker cache"):
             # A name AWS answered (now, or for the process that wrote the worker entry) tells our account.
             OWN_ACCOUNTS.learn(self.clients.identity, ref.secret_id, result.value.arn)
@@ -252,14 +275,50 @@ class SecretResolver:
             if self.shared is not None:
                 self.shared.store(key, payload, ttl=self.cache_ttl_seconds, stale_if_error=self.stale_if_error_seconds)
 
-    def _drop_spellings(self, key: tuple[str, ...], payload: SecretPayload | None) -> None:
-        """Drop, in both tiers, every key the secret of ``payload`` may be held under (after not-found or denied)."""
-        if payload is None:
+    def _forget(self, key: tuple[str, ...], exc: SecretFetchError, held_arn: str | None, held_name: str | None) -> None:
+        """After AWS said not-found or denied for ``key``: no tier serves that secret's older value again.
+
+        Every spelling the secret may be held under (from the id asked, and
+        from the ARN of the value held, if any) is dropped in both tiers, in
+        every region; a denial drops every version, a not-found only the one
+        asked (a missing stage is not a missing secret). Where the spelling
+        is provably the same secret (:func:`~airflow_sm_refs.secret_ids.same_secret_ids`),
+        the worker tier keeps a record of the answer, so that another process
+        holding an older copy in its own tier does not serve it stale when AWS
+        then fails for a transient reason.
+        """
+        identity, region, asked, version = key
+        wide = set(every_spelling(asked))
+        if held_arn:
+            wide |= set(every_spelling(held_arn, held_name))
+        arn = held_arn or (asked if full_arn(asked) else None)
+        strict = {asked}
+        if arn is not None:
+            own = OWN_ACCOUNTS.get(identity)
+            strict |= set(same_secret_ids(asked, arn, held_name, region=region, own_account=own))
+        every_version = isinstance(exc, SecretAccessDeniedError)
+
+        def matches(other: tuple[str, ...]) -> bool:
+            return other[0] == identity and other[2] in wide and (every_version or other[3] == version)
+
+        self.cache.drop_where(lambda other: other != key and matches(other))
+        if self.shared is None:
             return
-        for other in spelling_keys(key, payload.arn, payload.name):
-            self.cache.drop(other)
-            if self.shared is not None:
-                self.shared.drop(other)
+        names_region = self.clients.region_for(None) or ""
+        for spelling in strict - {asked}:
+            self.shared.store_failure(
+                (identity, region_of(spelling) or names_region, spelling, version),
+                exc,
+                ttl=self.cache_ttl_seconds,
+                stale_if_error=self.stale_if_error_seconds,
+            )
+        self.shared.forget_where(
+            lambda other: other != key and matches(other),
+            record=lambda other: other[2] in strict,
+            error=exc,
+            ttl=self.cache_ttl_seconds,
+            stale_if_error=self.stale_if_error_seconds,
+        )
 
     def _held(self, key: tuple[str, ...]) -> SecretPayload | None:
         """What either tier holds for ``key``, fresh or not."""
@@ -346,19 +405,18 @@ class SecretResolver:
                 OWN_ACCOUNTS.learn(identity, ref.secret_id, result.arn)
                 self._store([key, *self._alias_keys(key, result)], result)
             elif isinstance(result, _NEGATIVE):
-                # As after a single fetch: the value goes under every spelling, in both tiers...
+                # As after a single fetch: the worker tier records the answer under the id
+                # asked (whatever negative_cache_seconds), the value goes under every spelling...
                 held = self._held(key)
                 self.cache.drop(key)
                 if self.shared is not None:
-                    self.shared.drop(key)
-                self._drop_spellings(key, held)
+                    self.shared.store_failure(
+                        key, result, ttl=self.cache_ttl_seconds, stale_if_error=self.stale_if_error_seconds
+                    )
+                self._forget(key, result, held.arn if held else None, held.name if held else None)
                 if self.negative_cache_seconds > 0:
                     # ...and the answer is remembered; resolve() raises it in its place.
                     self.cache.remember_failure(key, result)
-                    if self.shared is not None:
-                        self.shared.store_failure(
-                            key, result, ttl=self.cache_ttl_seconds, stale_if_error=self.stale_if_error_seconds
-                        )
         log.info(
             "fetched %d of %d secrets in one BatchGetSecretValue call in %.1f ms",
             len(fetched),

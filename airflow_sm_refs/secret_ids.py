@@ -39,6 +39,7 @@ __all__ = [
     "OwnAccounts",
     "SecretArn",
     "every_spelling",
+    "full_arn",
     "is_name",
     "looks_complete",
     "match_batch",
@@ -254,3 +255,9 @@ def region_of(secret_id: str) -> str | None:
     """The region an ARN names; ``None`` for a plain name."""
     parsed = SecretArn.parse(secret_id)
     return parsed.region if parsed is not None else None
+
+
+def full_arn(secret_id: str) -> bool:
+    """Whether ``secret_id`` reads as a full ARN to AWS (its name part ends in ``-`` and six characters)."""
+    parsed = SecretArn.parse(secret_id)
+    return parsed is not None and parsed.name_if_full is not None

@@ -54,7 +54,7 @@ from airflow_sm_refs._worker_entry import _encode as _encode
 from airflow_sm_refs._worker_entry import _Entry, _entry_name, _Failure
 from airflow_sm_refs._worker_locks import LOCK_STRIPES as LOCK_STRIPES
 from airflow_sm_refs._worker_locks import _hold_stripe, _lock_name, _lock_until, _new_attempt, _stripes_in_order
-from airflow_sm_refs._worker_store import _describe, _read_entry, _unlink_file, _write_entry
+from airflow_sm_refs._worker_store import _ENTRY_FILE, _describe, _read_entry, _unlink_file, _write_entry
 from airflow_sm_refs._worker_sweep import _remove_all, _sweep
 from airflow_sm_refs.cache import DEFAULT_JITTER
 from airflow_sm_refs.fetch import SecretPayload
@@ -225,9 +225,11 @@ class WorkerCache:
                     failed_at = current.fetched_at
                     exc.remembered_age = now - failed_at
             if not failure.transient and current is not None and current.payload is not None:
-                # Gone or denied: the value goes under every spelling of the secret.
+                # Gone or denied: the value goes under every spelling of the secret,
+                # and the caller learns which secret it was (names only, no value).
                 for other in spelling_keys(key, current.payload.arn, current.payload.name):
                     self.drop(other)
+                exc.held_arn, exc.held_name = current.payload.arn, current.payload.name
             # The value (if any) is dropped; the error (which holds no value)
             # stays for the processes waiting on this attempt.
             record = _Entry(key, _new_attempt(), None, fetched_at=failed_at, failure=failure)
@@ -287,6 +289,37 @@ class WorkerCache:
             record = _Entry(key, _new_attempt(), None, fetched_at=self.timer(), failure=_Failure.of(exc))
             if not self._write(_entry_name(key), record, ttl + stale_if_error):
                 self._unlink(_entry_name(key) + ".entry")
+
+    def forget_where(
+        self,
+        matches: Callable[[tuple[str, ...]], bool],
+        *,
+        record: Callable[[tuple[str, ...]], bool],
+        error: SecretFetchError,
+        ttl: float,
+        stale_if_error: float,
+    ) -> None:
+        """After AWS said not-found or denied: every entry whose key ``matches`` loses its value.
+
+        Where ``record(key)``, the entry becomes a record of ``error`` (another
+        process then never serves its own older copy stale); elsewhere the
+        file is deleted. One pass over the directory: it runs only when AWS
+        has just said no, never on a lookup that succeeds.
+        """
+        if self._dir_fd is None:
+            return
+        try:
+            files = [f for f in os.listdir(self._dir_fd) if _ENTRY_FILE.fullmatch(f)]
+        except OSError:
+            return
+        for file in files:
+            entry = _read_entry(self._dir_fd, file[: -len(".entry")], None, self._euid)
+            if entry is None or entry.payload is None or not matches(entry.key):
+                continue
+            if record(entry.key):
+                self.store_failure(entry.key, error, ttl=ttl, stale_if_error=stale_if_error)
+            else:
+                self._unlink(file)
 
     @contextmanager
     def locked_many(self, keys: list[tuple[str, ...]]) -> Iterator[None]:
