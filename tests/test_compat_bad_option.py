@@ -90,9 +90,8 @@ def test_components_log_one_error_line_not_a_traceback_storm(bad_option_run: Bad
     af = bad_option_run.af
     logs = {name: path.read_text(errors="replace") for name, path in af.component_logs().items()}
     seen = {name: text.count(OPTION_ERROR) for name, text in logs.items()}
-    if not af.line.is_airflow2:
-        # 3.x: the API server serves the task's connection request (Execution API) and steps aside.
-        assert seen[af.api_component] >= 1, seen
+    # Some component built the backend and said so (3.3: the scheduler and its executor's workers).
+    assert sum(seen.values()) >= 1, seen
     for name, text in logs.items():
         # Once per process that built the backend (a server may run a few), never once per lookup.
         assert seen[name] <= 3, seen
@@ -108,6 +107,7 @@ def test_airflow_cli_steps_aside_with_one_line(bad_option_run: BadOptionRun) -> 
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-3000:]
     assert "workato:sm:password:compat/bad" in proc.stdout, output[-3000:]
-    assert output.count(OPTION_ERROR) == 1, output[-3000:]
+    # `connections get` reads the metastore itself on some lines (no line then); never more than one.
+    assert output.count(OPTION_ERROR) <= 1, output[-3000:]
     assert "Traceback" not in output, output[-3000:]
     assert bad_option_run.aws.calls() == before and PASSWORD not in output
