@@ -89,9 +89,13 @@ def _as_named(reference: str) -> str:
     ``***``; named without the braces it stays readable.
     """
     text = reference.strip()
-    if text.startswith("{{") and text.endswith("}}"):
-        return text[2:-2].strip()
-    return text
+    # Each end on its own: a malformed reference may lack its closing braces
+    # ("no closing '}}'") or be cut short ("...") and is named the same way.
+    if text.startswith("{{"):
+        text = text[2:]
+    if text.endswith("}}"):
+        text = text[:-2]
+    return text.strip()
 
 
 def _rebuild(

@@ -1,20 +1,24 @@
 """``airflow-sm-refs``: check connections' references, read a token, clear the per-worker cache.
 
-    airflow-sm-refs check CONN_ID [CONN_ID ...]
-    airflow-sm-refs iam-policy [CONN_ID ...] [--variable KEY ...] [--all] [--account-id ID]
+    airflow-sm-refs check [CONN_ID ...] [--variable KEY ...] [--all]
+    airflow-sm-refs iam-policy [CONN_ID ...] [--variable KEY ...] [--all] [--account-id ID] [--skip-broken]
     airflow-sm-refs parse TOKEN
     airflow-sm-refs cache clear [--dir DIR]
 
-``check`` finds each connection where a task would, lists every reference in
-it and whether it resolves, with the AWS settings of the configured backend.
-It never prints a value. Exit codes: 0 all resolved, 1 something failed,
-2 bad usage or configuration.
+``check`` (in :mod:`airflow_sm_refs._check`) finds each connection and
+Variable where a task would, lists every reference in it and whether it
+resolves, with the AWS settings of the configured backend. It never prints
+a value. Exit codes: 0 all resolved, 1 something failed (or the per-worker
+cache directory is refused), 2 bad usage or configuration.
 
 ``iam-policy`` prints the least-privilege IAM policy (JSON, on stdout) for
 the secrets that connections and Variables reference. It reads references
 only: no value is fetched. Exit codes: 0 policy printed, 1 a connection or
 Variable is missing or holds a malformed reference (nothing is printed on
-stdout: a partial policy would fail tasks later), 2 bad usage.
+stdout: a partial policy would fail tasks later), 2 bad usage, or with
+``--skip-broken``: a policy printed for all but the broken ones, named on stderr.
+
+Every error is printed on one line (whitespace collapsed), and never holds a value.
 """
 
 from __future__ import annotations
@@ -45,6 +49,9 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 
 
+NOTHING_NAMED = "name connections (CONN_ID), Variables (--variable KEY) or pass --all"
+
+
 class UsageError(Exception):
     """Bad arguments or configuration: one line on stderr, exit code 2."""
 
@@ -65,11 +72,21 @@ def _build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser(
         "check",
-        help="resolve every reference of connections, as a task would, without printing values",
-        description="Find each connection as a task would, list every reference in it and whether it "
-        "resolves, using the AWS settings of the configured secrets backend. Never prints a value.",
+        help="resolve every reference of connections and Variables, as a task would, without printing values",
+        description="Show the AWS settings and the per-worker cache a task would use, then find each "
+        "connection and Variable as a task would, list every reference in it and whether it resolves, "
+        "and warn of text that looks meant as a reference but is not one. Never prints a value.",
     )
-    check.add_argument("conn_ids", nargs="+", metavar="CONN_ID")
+    check.add_argument("conn_ids", nargs="*", metavar="CONN_ID")
+    check.add_argument(
+        "--variable", dest="variables", action="append", default=[], metavar="KEY", help="a Variable (repeatable)"
+    )
+    check.add_argument(
+        "--all",
+        dest="everything",
+        action="store_true",
+        help="every connection and Variable in the metastore and in AIRFLOW_CONN_* / AIRFLOW_VAR_* variables",
+    )
 
     policy = commands.add_parser(
         "iam-policy",
@@ -87,6 +104,12 @@ def _build_parser() -> argparse.ArgumentParser:
         dest="everything",
         action="store_true",
         help="every connection and Variable in the metastore and in AIRFLOW_CONN_* / AIRFLOW_VAR_* variables",
+    )
+    policy.add_argument(
+        "--skip-broken",
+        action="store_true",
+        help="leave out connections and Variables that are missing or hold a malformed reference, name them "
+        "on stderr, print the policy for the rest and exit 2",
     )
     policy.add_argument(
         "--account-id", default=None, help="the account of secrets named by plain name (default: any account, '*')"
@@ -164,9 +187,14 @@ def _safe_reason(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+def one_line(text: str) -> str:
+    """``text`` with every run of whitespace (newlines included) made one space: one error, one line."""
+    return " ".join(text.split())
+
+
 def _one_line(exc: BaseException, limit: int = 300) -> str:
     # A database error carries the driver's own error as ``orig``; its SQL is noise here.
-    text = " ".join(str(getattr(exc, "orig", None) or exc).split())
+    text = one_line(str(getattr(exc, "orig", None) or exc))
     if len(text) > limit:
         text = text[:limit] + "..."
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
@@ -236,69 +264,6 @@ def _find_connection(conn_id: str, sources: list[tuple[str, Any]]) -> tuple[Any 
         if conn is not None:
             return conn, problems
     return None, problems
-
-
-# --- commands --------------------------------------------------------------------
-def _table(rows: list[tuple[str, ...]], out: TextIO) -> None:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    for row in rows:
-        cells = [cell.ljust(width) for cell, width in zip(row, widths)] + [row[-1]]
-        print("  " + "  ".join(cells).rstrip(), file=out)
-
-
-def _check_one(conn_id: str, setup: ConfiguredBackend, sources: list[tuple[str, Any]], out: TextIO) -> bool:
-    from airflow_sm_refs._exceptions import SecretReferenceError
-    from airflow_sm_refs.expand import references_in_connection
-
-    conn, problems = _find_connection(conn_id, sources)
-    if conn is None:
-        looked = ", ".join(name for name, _ in sources)
-        extra = f"; {'; '.join(problems)}" if problems else ""
-        print(f"connection {conn_id!r}: ERROR: not found (looked in {looked}{extra})", file=out)
-        return False
-    found = references_in_connection(conn)
-    if not found:
-        print(f"connection {conn_id!r}: no references", file=out)
-        return True
-    expansion = setup.backend._expansion(conn_id, "connection")
-    rows: list[tuple[str, ...]] = [("FIELD", "SECRET", "KEY", "VERSION", "RESULT")]
-    ok = True
-    for item in found:
-        if item.reference is None:
-            ok = False
-            rows.append((item.field, "-", "-", "-", f"ERROR: {item.error}"))
-            continue
-        ref = item.reference
-        try:
-            if expansion.check is not None:
-                expansion.check(ref)
-            resolved = expansion.resolver.resolve(ref)
-        except SecretReferenceError as exc:
-            ok = False
-            result = f"ERROR: {exc.detail}"
-        else:
-            # The value itself is dropped here; only where it came from is shown.
-            result = f"ok ({resolved.source}, {resolved.seconds * 1000:.0f} ms)"
-        rows.append((item.field, ref.secret_id, ref.key or "(whole secret)", ref.version_label, result))
-    count = len(found)
-    print(f"connection {conn_id!r}: {count} reference{'s' if count != 1 else ''}", file=out)
-    _table(rows, out)
-    return ok
-
-
-def command_check(conn_ids: Sequence[str], out: TextIO, err: TextIO) -> int:
-    """Resolve every reference of each connection; print results, never values."""
-    setup = _configured_backend()
-    if setup.note:
-        print(f"note: {setup.note}", file=err)
-    option_error = getattr(setup.backend, "option_error", None)
-    if option_error is not None:
-        # Servers step aside and tasks fail on it: nothing would resolve.
-        print(f"error: {option_error}; tasks fail until it is fixed", file=err)
-        return EXIT_FAILED
-    sources = _raw_sources(setup.other)
-    results = [_check_one(conn_id, setup, sources, out) for conn_id in conn_ids]
-    return EXIT_OK if all(results) else EXIT_FAILED
 
 
 # --- iam-policy ----------------------------------------------------------------------
@@ -439,10 +404,15 @@ def command_iam_policy(
     region: str | None,
     out: TextIO,
     err: TextIO,
+    skip_broken: bool = False,
 ) -> int:
-    """Print the IAM policy for the secrets ``conn_ids`` and ``variables`` reference; never a value."""
+    """Print the IAM policy for the secrets ``conn_ids`` and ``variables`` reference; never a value.
+
+    :param skip_broken: leave out what is missing or malformed instead of printing nothing
+        (they are named on stderr, and the exit code is 2)
+    """
     if not (conn_ids or variables or everything):
-        raise UsageError("name connections (CONN_ID), Variables (--variable KEY) or pass --all")
+        raise UsageError(NOTHING_NAMED)
     setup = _configured_backend()
     if setup.note:
         print(f"note: {setup.note}", file=err)
@@ -460,13 +430,14 @@ def command_iam_policy(
 
     looked = ", ".join(name for name, _ in sources)
     resources: list[str] = []
-    failed = False
+    #: what is missing or malformed: no policy is printed, or with --skip-broken it is left out
+    broken: list[str] = []
     owners: list[tuple[str, str, list[Found]]] = []
     for conn_id in conn_ids:
         conn, problems = _find_connection(conn_id, sources)
         if conn is None:
             # Listed by --all and not found: stored but unreadable (a bad URI), as much an error.
-            failed = True
+            broken.append(f"connection {conn_id!r}")
             extra = f"; {'; '.join(problems)}" if problems else ""
             print(f"connection {conn_id!r}: ERROR: not found (looked in {looked}{extra})", file=err)
             continue
@@ -474,7 +445,7 @@ def command_iam_policy(
     for key in variables:
         value, problems = _find_variable(key, sources)
         if value is None:
-            failed = True
+            broken.append(f"Variable {key!r}")
             extra = f"; {'; '.join(problems)}" if problems else ""
             print(f"Variable {key!r}: ERROR: not found (looked in {looked}{extra})", file=err)
             continue
@@ -486,27 +457,37 @@ def command_iam_policy(
             if (kind, owner) in named:
                 print(f"{label}: no references", file=err)
             continue
+        malformed = [item for item in found if item.reference is None]
+        for item in malformed:
+            print(f"{label} field {item.field!r}: ERROR: {one_line(item.error or '')}", file=err)
+        if malformed:
+            # Its tasks fail until it is fixed; its other secrets are granted when it is.
+            broken.append(label)
+            continue
         check = setup.backend.policy.checker(owner, kind)
         secrets: list[str] = []
         for item in found:
-            if item.reference is None:
-                failed = True
-                print(f"{label} field {item.field!r}: ERROR: {item.error}", file=err)
-                continue
+            assert item.reference is not None
             try:
                 if check is not None:
                     check(item.reference)
             except SecretReferenceError as exc:
                 # The plugin refuses it before any AWS call: granting it would only widen the role.
-                print(f"{label} field {item.field!r}: skipped, {exc.detail}", file=err)
+                print(f"{label} field {item.field!r}: skipped, {one_line(exc.detail)}", file=err)
                 continue
             secrets.append(item.reference.secret_id)
             resources.extend(secret_resources(item.reference, scope))
         count = len(set(secrets))
         print(f"{label}: {count} secret{'s' if count != 1 else ''}", file=err)
-    if failed:
-        print("no policy printed: fix the errors above (a partial policy would fail tasks later)", file=err)
+    if broken and not skip_broken:
+        print(
+            "no policy printed: fix the errors above (a partial policy would fail tasks later), "
+            "or pass --skip-broken for a policy without them",
+            file=err,
+        )
         return EXIT_FAILED
+    if broken:
+        print(f"skipped, not in the policy (fix them and run again): {', '.join(broken)}", file=err)
     if not resources:
         print("no references found: no policy needed", file=err)
         return EXIT_FAILED
@@ -518,7 +499,8 @@ def command_iam_policy(
     print(KMS_NOTE, file=err)
     json.dump(iam_policy_document(resources), out, indent=2)
     print(file=out)
-    return EXIT_OK
+    # 2, not 0: a script that applies the policy must notice it is partial
+    return EXIT_USAGE if broken else EXIT_OK
 
 
 def _describe(ref: SecretReference, out: TextIO) -> None:
@@ -562,8 +544,13 @@ def command_parse(token: str, out: TextIO, err: TextIO) -> int:
 
 def command_cache_clear(directory: str | None, out: TextIO) -> int:
     """Remove every entry of the per-worker cache: the configured directory, or ``directory``."""
+    import os
+
     from airflow_sm_refs.worker_cache import clear_worker_cache, default_worker_cache_dir
 
+    if directory is not None and not os.path.lexists(directory):
+        # A mistyped --dir must not read as "cleared 0 entries": the real cache would be left as it is.
+        raise UsageError(f"--dir {directory}: no such directory; nothing was cleared")
     if directory is None:
         try:
             directory = _configured_shared_cache_dir() or default_worker_cache_dir()
@@ -572,6 +559,10 @@ def command_cache_clear(directory: str | None, out: TextIO) -> int:
             raise UsageError(f"{exc}; name the cache directory with --dir") from None
     if directory is None:
         print("no per-worker cache on this machine (no /dev/shm and no shared_cache_dir): nothing to clear", file=out)
+        return EXIT_OK
+    if not os.path.lexists(directory):
+        # The configured (or default) directory: no task has cached anything there yet.
+        print(f"no per-worker cache in {directory} yet: nothing to clear", file=out)
         return EXIT_OK
     try:
         removed = clear_worker_cache(directory)
@@ -589,7 +580,7 @@ def _configured_shared_cache_dir() -> str | None:
     return setup.backend.cache_settings.shared_cache_dir
 
 
-def _start_airflow() -> None:
+def _start_airflow(out: TextIO, err: TextIO) -> None:
     """Import airflow before anything of ours, as every entry point of the package does.
 
     Airflow builds the configured secrets backend while it imports itself;
@@ -599,6 +590,12 @@ def _start_airflow() -> None:
         import airflow  # noqa: F401
     except Exception as exc:
         raise UsageError(f"Airflow cannot start with this configuration: {_one_line(exc)}") from None
+    # Airflow 3 logs to the stdout it found at import (``python -m`` imports it
+    # with the package, before main() moves stdout): log lines such as "Not
+    # using <dir> for the per-worker secrets cache" would land among the results.
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and getattr(handler, "stream", None) is out:
+            handler.setStream(err)
     # Airflow's logging setup prints library chatter (botocore's "Found
     # credentials...") on stdout, among the results.
     for name in ("botocore", "boto3", "urllib3"):
@@ -623,20 +620,23 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.command == "parse":
         # The grammar alone: no Airflow (whose import builds the configured backend) and no AWS.
         return command_parse(args.token, out, err)
+    if args.command == "check" and not (args.conn_ids or args.variables or args.everything):
+        print(f"airflow-sm-refs check: error: {NOTHING_NAMED} (see --help)", file=err)
+        return EXIT_USAGE
     try:
-        _start_airflow()
+        _start_airflow(out, err)
         from airflow_sm_refs._exceptions import SecretReferenceError
     except UsageError as exc:
         print(f"airflow-sm-refs: error: {exc}", file=err)
         return EXIT_USAGE
     try:
         if args.command == "check":
-            return command_check(args.conn_ids, out, err)
-        if args.command == "parse":
-            return command_parse(args.token, out, err)
+            from airflow_sm_refs._check import command_check
+
+            return command_check(args.conn_ids, args.variables, args.everything, out, err)
         if args.command == "iam-policy":
             return command_iam_policy(
-                args.conn_ids, args.variables, args.everything, args.account_id, args.region, out, err
+                args.conn_ids, args.variables, args.everything, args.account_id, args.region, out, err, args.skip_broken
             )
         return command_cache_clear(args.directory, out)
     except UsageError as exc:
@@ -650,4 +650,8 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # Run the package's module, not this __main__ copy of it: airflow_sm_refs._check
+    # imports from airflow_sm_refs.cli, and two copies would have two UsageErrors.
+    from airflow_sm_refs.cli import main as _main
+
+    raise SystemExit(_main())

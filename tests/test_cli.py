@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -118,9 +119,22 @@ WAREHOUSE = {
 
 
 def _row(run: Run, field: str) -> str:
-    rows = [line for line in run.out.splitlines() if line.strip().startswith(field + " ")]
+    rows = [line for line in _results(run) if line.strip().startswith(field + " ")]
     assert len(rows) == 1, run.text
     return rows[0]
+
+
+def _results(run: Run) -> list[str]:
+    """The lines of stdout after the status block."""
+    lines = run.out.splitlines()
+    assert "" in lines, run.text
+    return lines[lines.index("") + 1 :]
+
+
+def _status(run: Run) -> dict[str, str]:
+    """The status block that opens stdout: name -> value."""
+    lines = run.out.splitlines()
+    return dict(re.split(r"\s{2,}", line, maxsplit=1) for line in lines[: lines.index("")])  # type: ignore[misc]
 
 
 class TestCheck:
@@ -130,10 +144,11 @@ class TestCheck:
         run = cli("check", "warehouse")
 
         assert run.code == 0, run.text
-        # nothing but the results on stdout
-        assert run.out.splitlines()[0] == "connection 'warehouse': 4 references", run.out
-        assert run.out.splitlines()[1].split() == ["FIELD", "SECRET", "KEY", "VERSION", "RESULT"]
-        assert len(run.out.splitlines()) == 6
+        # nothing but the status block and the results on stdout; no warning
+        assert _results(run)[0] == "connection 'warehouse': 4 references", run.out
+        assert _results(run)[1].split() == ["FIELD", "SECRET", "KEY", "VERSION", "RESULT"]
+        assert len(_results(run)) == 6
+        assert "warning" not in run.err
         assert _row(run, "login").split()[:4] == ["login", "prod/db", "username", "AWSCURRENT"]
         assert _row(run, "password").split()[:4] == ["password", "prod/db", "password", "AWSCURRENT"]
         assert _row(run, "extra.options.headers[0]").split()[:3] == ["extra.options.headers[0]", "api/partner", "token"]
@@ -184,7 +199,7 @@ class TestCheck:
         run = cli("check", "warehouse", "no_such_conn")
 
         assert run.code == 1
-        missing = [line for line in run.out.splitlines() if "no_such_conn" in line]
+        missing = [line for line in _results(run) if "no_such_conn" in line]
         assert len(missing) == 1 and "not found" in missing[0], run.text
         assert run.out.count(" ok (") == 4  # the other connection is still checked
 
@@ -193,7 +208,7 @@ class TestCheck:
 
         run = cli("check", "plain_http")
 
-        assert (run.code, run.out.strip()) == (0, "connection 'plain_http': no references")
+        assert (run.code, _results(run)) == (0, ["connection 'plain_http': no references"])
         assert cli.aws.calls() == 0
 
     @workers_backend
@@ -277,8 +292,244 @@ class TestCheck:
 
         run = cli("check", "warehouse")
 
-        assert run.code == 2
+        # kept by the backend and named (it no longer stops Airflow from starting): nothing resolves
+        assert run.code == 1
         assert run.err.strip().count("\n") == 0 and "no_such_option" in run.err
+
+
+class TestCheckVariablesAndAll:
+    def test_variables_are_checked_as_tasks_read_them(self, cli: Cli) -> None:
+        cli.env["AIRFLOW_VAR_PARTNER_TOKEN"] = "Bearer {{workato:sm:token:api/partner}}"
+        cli.env["AIRFLOW_VAR_CONFIG"] = json.dumps({"db": {"password": "{{workato:sm:pasword:prod/db}}"}})
+
+        run = cli("check", "--variable", "partner_token", "--variable", "config", "--variable", "no_such_var")
+
+        assert run.code == 1, run.text
+        results = _results(run)
+        assert results[0] == "Variable 'partner_token': 1 reference"
+        assert _row(run, "value").split()[:3] == ["value", "api/partner", "token"] and " ok (" in _row(run, "value")
+        assert "ERROR" in _row(run, "value.db.password") and "'pasword'" in _row(run, "value.db.password")
+        assert [line for line in results if "no_such_var" in line] == [
+            line for line in results if line.startswith("Variable 'no_such_var': ERROR: not found")
+        ]
+
+    def test_all_covers_environment_and_metastore(self, cli: Cli, metastore: Path) -> None:
+        from airflow.models import Connection, Variable
+        from airflow.utils.session import create_session
+
+        def forget() -> None:
+            with create_session() as session:
+                session.query(Connection).filter(Connection.conn_id == "check_meta_conn").delete()
+                session.query(Variable).filter(Variable.key == "check_meta_var").delete()
+
+        forget()
+        with create_session() as session:
+            session.add(Connection(conn_id="check_meta_conn", conn_type="http", password="{{workato:sm:password:prod/db}}"))
+            session.add(Variable(key="check_meta_var", val="{{workato:sm::plain}}"))
+        cli.conn("warehouse", WAREHOUSE)
+        cli.env["AIRFLOW_VAR_ENV_VAR"] = "{{workato:sm:token:api/partner}}"
+        try:
+            run = cli("check", "--all")
+        finally:
+            forget()
+
+        assert run.code == 0, run.text
+        headings = [line for line in _results(run) if not line.startswith(" ")]
+        for heading in (
+            "connection 'check_meta_conn': 1 reference",
+            "connection 'warehouse': 4 references",
+            "Variable 'check_meta_var': 1 reference",
+            "Variable 'env_var': 1 reference",
+        ):
+            assert heading in headings, run.text
+        assert run.out.count(" ok (") >= 7
+
+    def test_nothing_named_is_a_usage_error(self, cli: Cli) -> None:
+        run = cli("check", "--variable")  # argparse: --variable needs a KEY
+        assert run.code == 2 and run.out == ""
+
+        run = cli("check")
+        assert run.code == 2 and run.out == "" and run.err.count("\n") == 1
+        assert "CONN_ID" in run.err and "--variable" in run.err and "--all" in run.err
+
+
+class TestStatus:
+    """The block that opens ``check``: what a task on this worker would use."""
+
+    def test_region_endpoint_identity_and_a_usable_cache(self, cli: Cli) -> None:
+        cli.conn("warehouse", WAREHOUSE)
+
+        run = cli("check", "warehouse")
+
+        assert run.code == 0, run.text
+        status = _status(run)
+        assert status["region"] == "us-east-1"
+        assert status["endpoint"] == cli.aws.endpoint_url
+        assert re.fullmatch(r"[0-9a-f]{24}", status["identity"])
+        assert status["worker cache"] == str(cli.cache_dir)
+        assert status["cache mode"] == "0700" and f"uid {os.geteuid()}" in status["cache owner"]
+        assert status["cache status"].startswith("usable")
+        # other credentials, another identity (and other cache entries)
+        cli.env["AWS_ACCESS_KEY_ID"] = "testing-other"
+        assert _status(cli("check", "warehouse"))["identity"] != status["identity"]
+
+    def test_shows_what_the_backend_is_configured_with(self, cli: Cli) -> None:
+        cli.configure("SECRETS", region_name="eu-west-2", shared_cache=False)
+        cli.conn("plain_http", "http://user:literal@example.org")
+
+        run = cli("check", "plain_http")
+
+        assert run.code == 0, run.text
+        assert _status(run)["region"] == "eu-west-2"
+        assert _status(run)["worker cache"].startswith("off (shared_cache is false)")
+        assert "cache status" not in _status(run)
+
+    @staticmethod
+    def _refused(tmp_path: Path, kind: str) -> Path:
+        target = tmp_path / kind
+        if kind == "open":
+            target.mkdir(mode=0o755)
+            target.chmod(0o755)
+        elif kind == "missing-parent":
+            target = tmp_path / "no" / "such" / "cache"
+        elif kind == "file":
+            target.write_text("")
+        elif kind == "symlink":
+            private = tmp_path / "private"
+            private.mkdir(mode=0o700)
+            target.symlink_to(private)
+        elif kind == "other-owner":
+            if os.geteuid() != 0:
+                pytest.skip("giving a directory to another user needs root")
+            target.mkdir(mode=0o700)
+            os.chown(target, 4242, 4242)
+        return target
+
+    @pytest.mark.parametrize(
+        ("kind", "why"),
+        [
+            ("open", "has mode 0755, open to group or others"),
+            ("missing-parent", "cannot be created"),
+            ("file", "is not a directory"),
+            ("symlink", "is a symlink"),
+            ("other-owner", "is owned by uid 4242"),
+        ],
+    )
+    def test_a_refused_cache_directory_fails_the_check(self, cli: Cli, tmp_path: Path, kind: str, why: str) -> None:
+        directory = self._refused(tmp_path, kind)
+        cli.configure("SECRETS", shared_cache_dir=str(directory))
+        cli.conn("warehouse", WAREHOUSE)
+
+        run = cli("check", "warehouse")
+
+        assert run.code == 1, run.text
+        status = _status(run)
+        assert status["worker cache"] == str(directory)
+        assert status["cache status"].startswith("REFUSED: ") and why in status["cache status"], run.out
+        if kind == "open":
+            assert status["cache mode"] == "0755"
+        if kind == "symlink":
+            assert status["cache mode"].startswith("a symlink to ")
+        # every reference still resolves (tasks fall back to their own cache), and the error says why it failed
+        assert run.out.count(" ok (") == 4
+        assert f"error: the per-worker cache directory {directory} is refused" in run.err
+        assert not (kind == "missing-parent" and directory.parent.exists())
+
+
+class TestNearMisses:
+    """Text meant as a reference that is not read as one: a task would get it as a literal password."""
+
+    @pytest.mark.parametrize(
+        ("written", "why"),
+        [
+            ("{{workato:secretsmanager:password:prod/db}}", "the service is written 'sm'"),
+            ("{workato:sm:password:prod/db}", "single braces"),
+            ("{{ workato.sm.password.prod/db }}", "separated by ':'"),
+            ("workato:sm:password:prod/db}}", "no opening '{{'"),
+            ("{workato:sm:password:prod/db", "no closing '}}'"),
+        ],
+    )
+    def test_warns_naming_connection_field_and_fragment_only(self, cli: Cli, written: str, why: str) -> None:
+        cli.conn("near", {"conn_type": "http", "login": "app", "extra": {"auth": f"LITERAL-PREFIX {written} LITERAL-TAIL"}})
+
+        run = cli("check", "near")
+
+        assert run.code == 0, run.text  # a warning: telling a near-miss from text is a guess
+        assert _results(run) == ["connection 'near': no references; 1 near-miss, see the warning"]
+        warnings = [line for line in run.err.splitlines() if line.startswith("warning: ")]
+        assert len(warnings) == 1, run.err
+        assert warnings[0].startswith("warning: connection 'near' field 'extra.auth': ")
+        assert repr(written) in warnings[0] and why in warnings[0]
+        assert "LITERAL" not in run.text  # the fragment, never the rest of the field
+        assert cli.aws.calls() == 0
+
+    def test_a_near_miss_beside_a_reference_and_in_a_variable(self, cli: Cli) -> None:
+        cli.conn("mixed", {"conn_type": "http", "password": "{{workato:sm:password:prod/db}} {workato:sm:x:y}"})
+        cli.env["AIRFLOW_VAR_NEAR"] = json.dumps({"token": "{{workato:secrets_manager:token:api/partner}}"})
+
+        run = cli("check", "mixed", "--variable", "near")
+
+        assert run.code == 0, run.text
+        assert "connection 'mixed': 1 reference; 1 near-miss, see the warning" in _results(run)
+        assert " ok (" in _row(run, "password")
+        assert "Variable 'near': no references; 1 near-miss, see the warning" in _results(run)
+        assert "warning: Variable 'near' field 'value.token': '{{workato:secrets_manager:" in run.err
+
+    def test_a_reference_missing_its_closing_braces_is_an_error_not_a_warning(self, cli: Cli) -> None:
+        cli.conn("open_ended", {"conn_type": "http", "password": "{{workato:sm:password:prod/db"})
+
+        run = cli("check", "open_ended")
+
+        assert run.code == 1
+        assert "no closing '}}'" in _row(run, "password") and "warning" not in run.err
+
+
+class TestUriForm:
+    def test_an_unencoded_reference_gets_a_hint_with_its_encoded_form(self, cli: Cli) -> None:
+        cli.conn("uri_db", "postgres://app:{{workato:sm:password:prod/db}}@db.internal/app")
+
+        run = cli("check", "uri_db")
+
+        assert run.code == 1
+        results = _results(run)
+        assert results[0].startswith("connection 'uri_db': ERROR: not found")
+        hints = [line.strip() for line in results if line.strip().startswith("hint: ")]
+        assert len(hints) == 1 and "AIRFLOW_CONN_URI_DB" in hints[0] and "URL-encoded" in hints[0]
+        assert hints[0].endswith(": %7B%7Bworkato%3Asm%3Apassword%3Aprod%2Fdb%7D%7D")
+
+    def test_the_encoded_form_resolves(self, cli: Cli) -> None:
+        cli.conn("uri_db", "postgres://app:%7B%7Bworkato%3Asm%3Apassword%3Aprod%2Fdb%7D%7D@db.internal/app")
+
+        run = cli("check", "uri_db")
+
+        assert run.code == 0, run.text
+        assert " ok (" in _row(run, "password") and "hint" not in run.text
+
+    def test_a_reference_the_uri_parses_into_something_else_gets_the_hint(self, cli: Cli) -> None:
+        # a query string reads '+' as a space: the reference parsed is not the one written
+        cli.aws.client().create_secret(Name="team+a", SecretString=json.dumps({"token": TOKEN_VALUE}))
+        cli.conn("uri_api", "http://api.example.org/?token={{workato:sm:token:team+a}}")
+
+        run = cli("check", "uri_api")
+
+        assert run.code == 1
+        assert any(line.strip().endswith(": %7B%7Bworkato%3Asm%3Atoken%3Ateam%2Ba%7D%7D") for line in _results(run))
+
+
+class TestOneLineErrors:
+    def test_an_aws_message_with_newlines_stays_in_its_row(self, cli: Cli) -> None:
+        from standins.aws import InjectedFault
+
+        cli.conn("warehouse", WAREHOUSE)
+        cli.aws.fail_next(InjectedFault(400, "AccessDeniedException", "User: worker is not authorized\n  to perform:\r\nGetSecretValue"))
+
+        run = cli("check", "warehouse")
+
+        assert run.code == 1
+        denied = [line for line in _results(run) if "AccessDeniedException" in line]
+        assert denied and all("is not authorized to perform: GetSecretValue" in line for line in denied), run.out
+        # every line of the table is a heading or a row
+        assert all(line.startswith(("connection ", "  ")) for line in _results(run)), run.out
 
 
 def _in_process(capsys: pytest.CaptureFixture[str], *args: str) -> Run:
@@ -322,6 +573,25 @@ class TestParse:
 
         assert run.code == 1
         assert run.out == "" and run.err.count("\n") == 1 and run.err.startswith("error: ")
+
+
+    @pytest.mark.parametrize(
+        ("token", "named"),
+        [
+            ("{{workato:sm:password:prod/db", "'workato:sm:password:prod/db'"),
+            ("{{workato:sm:k:x}", "'workato:sm:k:x}'"),
+            ("{{workato:sm:k:" + "x" * 2100 + "}}", "'workato:sm:k:xxx"),
+            ("{{workato:sm:password}}", "'workato:sm:password'"),
+        ],
+    )
+    def test_a_malformed_reference_is_named_without_its_braces(
+        self, capsys: pytest.CaptureFixture[str], token: str, named: str
+    ) -> None:
+        # as every message names references (a stored password that is exactly one is masked with its braces)
+        run = _in_process(capsys, "parse", token)
+
+        assert run.code == 1
+        assert f"reference {named}" in run.err and "'{{" not in run.err, run.err
 
 
 class TestUsage:
@@ -397,10 +667,22 @@ class TestCacheClear:
 
     def test_dir_option(self, cli: Cli, tmp_path: Path) -> None:
         empty = tmp_path / "empty"
+        empty.mkdir(mode=0o700)
 
         run = cli("cache", "clear", "--dir", str(empty))
 
         assert (run.code, run.out.strip()) == (0, f"cleared 0 entries from the per-worker cache in {empty}")
+
+    def test_a_dir_that_does_not_exist_is_an_error(self, cli: Cli, tmp_path: Path) -> None:
+        run = cli("cache", "clear", "--dir", str(tmp_path / "no" / "such" / "dir"))
+
+        assert run.code == 2 and run.out == ""
+        assert run.err.count("\n") == 1 and "no such directory" in run.err and "cleared 0" not in run.text
+
+    def test_a_configured_dir_no_task_has_made_yet_is_nothing_to_clear(self, cli: Cli) -> None:
+        run = cli("cache", "clear")
+
+        assert (run.code, run.out.strip()) == (0, f"no per-worker cache in {cli.cache_dir} yet: nothing to clear")
 
     def test_refused_directory_is_one_line(self, cli: Cli, tmp_path: Path) -> None:
         open_dir = tmp_path / "open"
