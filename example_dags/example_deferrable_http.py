@@ -11,7 +11,10 @@ the task, instead of sending the raw reference as the header.
 Setup: as for ``example_http_bearer_token`` (the ``partner/api`` secret and
 the ``partner_api`` connection with
 ``{"Authorization": "Bearer {{workato:sm:token:partner/api}}"}`` in its
-extras), and a running triggerer (``airflow triggerer``).
+extras), and a running triggerer (``airflow triggerer``). A deferred
+``HttpOperator`` needs ``apache-airflow-providers-http`` 5 or later: 4.x (the
+version pinned with Airflow 2.10) closes its session before the response is
+read and fails at random with "Connection closed" (apache/airflow#45228).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from airflow.providers.http.operators.http import HttpOperator
 
 try:  # Airflow 3
     from airflow.sdk import DAG
-except ImportError:  # Airflow 2
+except ImportError:  # Airflow 2 (what Amazon MWAA runs)
     from airflow import DAG
 
 with DAG(

@@ -32,7 +32,17 @@ import json
 import logging
 
 from airflow.providers.http.operators.http import HttpOperator
-from airflow.sdk import DAG, BaseHook, task
+
+# Airflow 2.10 to 3.3: the Task SDK's names where there is one (MWAA runs 2.x).
+try:
+    from airflow.sdk import DAG, task
+except ImportError:  # Airflow 2
+    from airflow import DAG
+    from airflow.decorators import task
+try:
+    from airflow.sdk import BaseHook
+except ImportError:  # Airflow 2 and 3.0
+    from airflow.hooks.base import BaseHook
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,11 @@ password by reference to the ``warehouse/db`` secret). Trigger with
 
 from __future__ import annotations
 
-from airflow.sdk import DAG, task
+try:  # Airflow 3
+    from airflow.sdk import DAG, task
+except ImportError:  # Airflow 2 (what Amazon MWAA runs)
+    from airflow import DAG
+    from airflow.decorators import task
 
 with DAG(
     dag_id="example_mapped_tasks",

@@ -24,7 +24,11 @@ them (none at all when the worker's cache already holds it).
 from __future__ import annotations
 
 from airflow.providers.common.sql.operators.sql import SQLExecuteQueryOperator
-from airflow.sdk import DAG
+
+try:  # Airflow 3
+    from airflow.sdk import DAG
+except ImportError:  # Airflow 2 (what Amazon MWAA runs)
+    from airflow import DAG
 
 with DAG(
     dag_id="example_postgres_query",

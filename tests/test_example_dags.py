@@ -1,6 +1,8 @@
-"""Every example DAG, run with ``dag.test()`` against real services.
+"""Every example DAG, run with ``dag.test()`` against real services, on every Airflow line.
 
-PostgreSQL is a real server with scram-sha-256 password authentication, and
+The examples are what users copy, on Amazon MWAA (Airflow 2.10/2.11) as on
+Airflow 3, so they are ``compat`` tests: ``make test-compat`` loads and runs
+them on each older line too. PostgreSQL is a real server with scram-sha-256 password authentication, and
 the HTTP API rejects any token but the secret's, so a passing run means the
 resolved credential really reached the service.
 """
@@ -20,6 +22,8 @@ import pytest
 from standins.aws import AwsStandIn
 from standins.http_api import BearerTokenApi
 from tests.conftest import FakeClock, configure_backend, postgres_server, set_conn
+
+pytestmark = pytest.mark.compat
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "example_dags"
 DB_USER = "reporting"
@@ -53,9 +57,17 @@ def load_dag(dags: Path, dag_id: str) -> Any:
 
 def xcom(run: Any, task_id: str) -> Any:
     """The return value a task of ``run`` pushed."""
-    from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
 
+    try:
+        from airflow.models.xcom import XComModel
+    except ImportError:  # Airflow 2: the model is XCom, with a lookup of its own
+        from airflow.models.xcom import XCom
+
+        with create_session() as session:
+            value = XCom.get_one(run_id=run.run_id, key="return_value", dag_id=run.dag_id, task_id=task_id, session=session)
+        assert value is not None, f"{task_id} pushed nothing"
+        return value
     with create_session() as session:
         query = XComModel.get_many(run_id=run.run_id, key="return_value", dag_ids=run.dag_id, task_ids=task_id)
         row = session.scalars(query).first()
@@ -148,12 +160,28 @@ class TestHttpExample:
             assert api.rejected == 1
 
 
+def async_http_hook_keeps_the_session() -> bool:
+    """Whether ``HttpAsyncHook.run`` reads the response inside its session (HTTP provider 5.x).
+
+    Provider 4.x (pinned with Airflow 2.10) returns the response after closing
+    the session, so a deferred ``HttpOperator`` reading the body fails at
+    random with "Connection closed" (apache/airflow#45228), whatever the token.
+    """
+    import inspect
+
+    from airflow.providers.http.hooks.http import HttpAsyncHook
+
+    return "session" in inspect.signature(HttpAsyncHook.run).parameters
+
+
 class TestDeferrableHttpExample:
     """The trigger, not the task, looks the connection up (``dag.test()`` runs it in-process)."""
 
     def test_trigger_sends_the_resolved_token(
         self, example_dags: Path, backend_configured: AwsStandIn, monkeypatch: pytest.MonkeyPatch
     ) -> None:
+        if not async_http_hook_keeps_the_session():
+            pytest.skip("this HTTP provider's deferred HttpOperator cannot read a response (apache/airflow#45228)")
         with BearerTokenApi("deferred-token-7730") as api:
             backend_configured.client().create_secret(Name="partner/api", SecretString=json.dumps({"token": "deferred-token-7730"}))
             partner_api_conn(monkeypatch, api)
@@ -167,8 +195,10 @@ class TestDeferrableHttpExample:
         backend_configured: AwsStandIn,
         monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str],
+        caplog: pytest.LogCaptureFixture,
     ) -> None:
         from airflow_sm_refs import SecretNotFoundError
+        from airflow_sm_refs._exceptions import SecretLookupAborted
 
         raised: list[SecretNotFoundError] = []
         init = SecretNotFoundError.__init__
@@ -180,18 +210,27 @@ class TestDeferrableHttpExample:
         monkeypatch.setattr(SecretNotFoundError, "__init__", recording_init)
         with BearerTokenApi("deferred-token-7730") as api:
             partner_api_conn(monkeypatch, api)  # partner/api does not exist
-            run = load_dag(example_dags, "example_deferrable_http").test()
-            assert run.state == "failed"
+            try:
+                run = load_dag(example_dags, "example_deferrable_http").test()
+            except SecretLookupAborted as exc:
+                # Airflow 2's dag.test() runs the trigger with a bare asyncio.run(), which lets the
+                # lookup's BaseException through: `airflow dags test` stops on it (a real triggerer
+                # fails the task). Either way it is this reference's error, not a request.
+                assert "reference 'workato:sm:token:partner/api'" in str(exc)
+            else:
+                assert run.state == "failed"
             assert api.requests == 0, "the raw reference must never be sent as the header"
         out = capsys.readouterr()
         text = out.out + out.err
-        # Failed by the lookup: a SecretNotFoundError for this reference, whose
-        # message (connection, field, reference) is what the task failed with ...
+        # Failed by the lookup: a SecretNotFoundError for this reference ...
         assert any("workato:sm:token:partner/api" in str(e) for e in raised), "no SecretNotFoundError was raised"
-        assert (
-            "Unexpected error in the operation: connection 'partner_api', field 'extra.Authorization', "
-            "reference 'workato:sm:token:partner/api'" in text
-        )
+        # ... logged on one line naming the connection, the field and the secret, on every line ...
+        logged = [r.getMessage() for r in caplog.records if r.name == "airflow_sm_refs" and r.levelname == "ERROR"]
+        assert any(
+            m.startswith("connection 'partner_api' field 'extra.Authorization': secret partner/api key 'token'")
+            and "ResourceNotFoundException" in m
+            for m in logged
+        ), logged
         # ... and the raw token was never handed on as a header value.
         assert "Bearer {{workato" not in text
 
