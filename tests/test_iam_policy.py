@@ -479,6 +479,34 @@ class TestCommand:
         assert done.returncode == 1 and done.stdout == ""
         assert "connection 'broken': ERROR: not found" in done.stderr and "not valid JSON" in done.stderr
 
+    def test_all_skip_broken_prints_the_policy_for_the_rest(self, env: dict[str, str], metastore: Path) -> None:
+        env["AIRFLOW_CONN_GOOD"] = json.dumps({"conn_type": "http", "password": "{{workato:sm:password:prod/db}}"})
+        env["AIRFLOW_CONN_BROKEN"] = '{"conn_type": "http", "password": '
+        env["AIRFLOW_CONN_TYPO"] = json.dumps(
+            {"conn_type": "http", "login": "{{workato:sm:user:typo/ok}}", "password": "{{workato:sm:password}}"}
+        )
+        env["AIRFLOW_VAR_GOOD_VAR"] = "{{workato:sm::env/var}}"
+
+        without = iam_policy(env, "--all", "--account-id", ACCOUNT)
+        done = iam_policy(env, "--all", "--skip-broken", "--account-id", ACCOUNT)
+
+        assert without.returncode == 1 and without.stdout == "" and "--skip-broken" in without.stderr
+        assert done.returncode == 2, done.stderr
+        names = {r.rsplit(":", 1)[1] for r in json.loads(done.stdout)["Statement"][0]["Resource"]}
+        assert {"prod/db-??????", "env/var-??????"} <= names
+        # a connection with a malformed reference is left out whole: its tasks fail until it is fixed
+        assert "typo/ok-??????" not in names
+        skipped = [line for line in done.stderr.splitlines() if line.startswith("skipped, not in the policy")]
+        assert len(skipped) == 1 and "connection 'broken'" in skipped[0] and "connection 'typo'" in skipped[0]
+        assert "connection 'good'" not in skipped[0]
+
+    def test_skip_broken_with_nothing_left_prints_nothing(self, env: dict[str, str]) -> None:
+        env["AIRFLOW_CONN_TYPO"] = json.dumps({"conn_type": "http", "password": "{{workato:sm:password}}"})
+
+        done = iam_policy(env, "typo", "--skip-broken")
+
+        assert done.returncode == 1 and done.stdout == ""
+
     def test_missing_or_malformed_prints_no_policy(self, env: dict[str, str]) -> None:
         env["AIRFLOW_CONN_TYPO"] = json.dumps({"conn_type": "http", "password": "{{workato:sm:password}}"})
         env["AIRFLOW_CONN_GOOD"] = json.dumps({"conn_type": "http", "password": "{{workato:sm:password:prod/db}}"})
