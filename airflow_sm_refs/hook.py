@@ -14,6 +14,7 @@ from typing import Any
 
 from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
 
+from airflow_sm_refs._exceptions import SecretReferenceError
 from airflow_sm_refs._options import parse_dict, parse_str, parse_verify
 from airflow_sm_refs.expand import Expansion, build_connection, expand_connection
 from airflow_sm_refs.resolver import (
@@ -161,7 +162,22 @@ class SecretsManagerRefsHook(AwsBaseHook):
         :param text: e.g. ``"Bearer {{workato:sm:token:api/partner}}"``
         :raises SecretReferenceError: a reference is malformed or cannot be resolved
         """
-        return self._expansion(None, "text").text(text, "text")
+        # The audit line reads "hook.resolve() with AWS connection 'aws_team_a' field 'text': secret ...":
+        # there is no connection to name, so it names the AWS connection the hook acts as.
+        acting_as = self.aws_conn_id if self.aws_conn_id is not None else "none, boto3's default credentials"
+        expansion = Expansion(
+            self.resolver,
+            conn_id=acting_as,
+            kind="hook.resolve() with AWS connection",
+            check=self.policy.checker("", "text"),
+        )
+        try:
+            return expansion.text(text, "text")
+        except SecretReferenceError as exc:
+            # ...but an error names no connection: the AWS connection does not hold the reference.
+            exc.conn_id = None
+            exc.args = (str(exc),)
+            raise
 
     def resolve_connection(self, conn: Any) -> Any:
         """A copy of ``conn`` with every field expanded as the backend would.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from urllib.parse import quote
 
@@ -252,3 +253,40 @@ class TestSecretsManagerRefsHook:
 
         assert SecretsManagerRefsHook(aws_conn_id="aws_refs", shared_cache_dir=directory).resolve(token) == TOKEN_VALUE
         assert secrets.calls() == 1
+
+
+class TestAuditLine:
+    """``resolve(text)`` has no connection: its audit line names the AWS connection the hook acts as."""
+
+    def test_resolve_names_the_aws_connection_not_none(
+        self, secrets: AwsStandIn, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        _aws_conn(monkeypatch, secrets)
+        caplog.set_level(logging.INFO, logger="airflow_sm_refs")
+
+        SecretsManagerRefsHook(aws_conn_id="aws_refs").resolve("Bearer {{workato:sm:token:api/partner}}")
+
+        lines = [r.getMessage() for r in caplog.records if r.name == "airflow_sm_refs" and "api/partner" in r.getMessage()]
+        assert len(lines) == 1, lines
+        assert lines[0].startswith("hook.resolve() with AWS connection 'aws_refs' field 'text': secret api/partner key 'token'")
+        assert "None" not in lines[0]
+
+    def test_an_error_of_resolve_names_no_connection(
+        self, secrets: AwsStandIn, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        _aws_conn(monkeypatch, secrets)
+        caplog.set_level(logging.INFO, logger="airflow_sm_refs")
+
+        with pytest.raises(SecretNotFoundError) as raised:
+            SecretsManagerRefsHook(aws_conn_id="aws_refs").resolve("{{workato:sm::gone/away}}")
+
+        # the AWS connection does not hold the reference: the error must not call it the connection
+        assert str(raised.value).startswith("field 'text', reference 'workato:sm::gone/away': ")
+        assert raised.value.conn_id is None
+        failed = [r.getMessage() for r in caplog.records if "gone/away" in r.getMessage() and r.levelno == logging.ERROR]
+        assert failed and failed[0].startswith("hook.resolve() with AWS connection 'aws_refs' field 'text': ")
+
+    def test_a_malformed_reference_is_named_without_braces(self, aws: AwsStandIn) -> None:
+        with pytest.raises(SecretReferenceError) as raised:
+            SecretsManagerRefsHook(aws_conn_id=None).resolve("Bearer {{workato:sm:token:api/partner")
+        assert "reference 'workato:sm:token:api/partner'" in str(raised.value) and "'{{" not in str(raised.value)
