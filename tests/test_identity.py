@@ -274,6 +274,31 @@ class TestServiceAccountTokens:
 
         assert identity_of(SETTINGS) != team_a
 
+    @pytest.mark.parametrize(
+        "spelling",
+        ["web_identity_token_file = ", "web_identity_token_file: ", "Web_Identity_Token_File = "],
+        ids=["equals", "colon", "mixed case"],
+    )
+    def test_a_token_file_named_in_the_config_counts_however_configparser_spells_it(
+        self, chain_env: pytest.MonkeyPatch, tmp_path: Path, spelling: str
+    ) -> None:
+        # botocore reads the config with configparser: option names in any case, "=" or ":".
+        # Two workers with this config text and the same token path, whose tokens name
+        # different service accounts (so IRSA gives them different roles), must not share entries.
+        import configparser
+
+        token = tmp_path / "token"
+        config = write(tmp_path / "config", f"[default]\nrole_arn = arn:aws:iam::123456789012:role/r\n{spelling}{token}\n")
+        parsed = configparser.RawConfigParser()
+        parsed.read(config)
+        assert parsed.get("default", "web_identity_token_file") == str(token)  # what botocore will use
+        chain_env.setenv("AWS_CONFIG_FILE", str(config))
+        write(token, service_account_token("airflow", "team-a"))
+        team_a = identity_of(SETTINGS)
+        write(token, service_account_token("airflow", "team-b"))
+
+        assert identity_of(SETTINGS) != team_a
+
 
 def test_identity_of_imports_no_aws_library(tmp_path: Path) -> None:
     # A task served from the worker cache computes the identity and nothing
