@@ -433,6 +433,7 @@ class TestStatus:
         # every reference still resolves (tasks fall back to their own cache), and the error says why it failed
         assert run.out.count(" ok (") == 4
         assert f"error: the per-worker cache directory {directory} is refused" in run.err
+        assert "Not using" not in run.out  # the worker cache's own log line goes to stderr, not among the results
         assert not (kind == "missing-parent" and directory.parent.exists())
 
 
