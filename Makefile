@@ -38,8 +38,12 @@ e2e: venv
 e2e-celery: venv
 	$(BIN)/python -m pytest -m celery $(PYTEST_ARGS) tests/test_e2e_celery.py
 
+# The plugin end to end on a stand-in AWS (moto): a good reference, then a broken one.
+# `make demo DEMO_ARGS=--keep` keeps its AIRFLOW_HOME and its stand-ins (until Ctrl-C)
+# and prints how to use them from another shell.
+DEMO_ARGS ?=
 demo: venv
-	$(BIN)/python -m demo
+	$(BIN)/python -m demo $(DEMO_ARGS)
 
 # The wheel and sdist in dist/, and dist/mwaa/ (plugins.zip + requirements.txt)
 # for an Amazon MWAA environment: MWAA_AIRFLOW=2.11.0 for another line.
