@@ -41,11 +41,13 @@ __all__ = [
     "base_hook",
     "reset_secrets_chain",
     "HAS_TASK_SDK",
+    "PARSE_ERRORS_MAY_ABORT",
     "HAS_WORKER_CONNECTION_TEST",
     "ProcessRole",
     "amask_secret",
     "call_backend",
     "connection_class_of",
+    "connections_call_the_supervisor_when_built",
     "later_backends",
     "last_resort_connection",
     "last_resort_variable",
@@ -72,6 +74,11 @@ _WITHOUT_AIRFLOW: bool = getattr(sys.modules.get("airflow_sm_refs"), "WITHOUT_AI
 
 #: Airflow 3's Task SDK runs tasks: a task process talks to a supervisor, not the metastore.
 HAS_TASK_SDK: bool = not _WITHOUT_AIRFLOW and _has_module("airflow.sdk.execution_time")
+
+#: A reference met while a DAG file is parsed can stop the lookup with a ``BaseException``
+#: and become the file's import error: Airflow 3's parser catches ``BaseException``
+#: around the import. Airflow 2's DAG file processor would die of it instead.
+PARSE_ERRORS_MAY_ABORT: bool = HAS_TASK_SDK
 
 #: 3.3+: workers test connections for the UI's Test button (``[core] test_connection``)
 HAS_WORKER_CONNECTION_TEST: bool = HAS_TASK_SDK and _has_module("airflow.sdk.execution_time.connection_test_supervisor")
@@ -236,6 +243,11 @@ def process_role(argv: Sequence[str] | None = None) -> ProcessRole:
         # 2.x runs DAG callbacks, and parses files, in processes forked from the scheduler or dag-processor.
         if _running(_CALLBACK_FRAMES):
             return ProcessRole.CALLBACK
+        if HAS_TASK_SDK and head in _PARSER_COMMANDS:
+            # 3.x: the DAG processor's parent parses nothing; it answers its children's
+            # connection requests (their Execution API), so it hands them the raw value
+            # and each child decides (a parse refuses, a callback resolves).
+            return ProcessRole.SERVER
         if head == "scheduler" and not _running(_PARSING_FRAMES):
             return ProcessRole.SERVER
         return ProcessRole.PARSER
@@ -396,6 +408,24 @@ def min_masked_length() -> int:
         return length
     getter = getattr(_masker_module(), "get_min_secret_length", None)  # 3.0
     return int(getter()) if getter is not None else 0
+
+
+_BUILT_CONNECTIONS_CALL_SUPERVISOR: list[bool] = []
+
+
+def connections_call_the_supervisor_when_built() -> bool:
+    """Whether building a core ``Connection`` registers its password through the supervisor (3.0).
+
+    3.0's ``Connection.__init__`` uses the Task SDK's execution-time masker,
+    which sends the password to the supervisor: that must never start inside
+    the trigger runner's loop. From 3.1 it uses the local masker.
+    """
+    if not _BUILT_CONNECTIONS_CALL_SUPERVISOR:
+        masker = getattr(_import("airflow.models.connection"), "mask_secret", None) if HAS_TASK_SDK else None
+        # 3.0 imports the Task SDK's execution-time masker there, which sends MaskSecret to the supervisor.
+        answer = getattr(masker, "__module__", "") == "airflow.sdk.execution_time.secrets_masker"
+        _BUILT_CONNECTIONS_CALL_SUPERVISOR.append(answer)
+    return _BUILT_CONNECTIONS_CALL_SUPERVISOR[0]
 
 
 def _in_event_loop() -> bool:

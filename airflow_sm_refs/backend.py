@@ -16,9 +16,11 @@ from airflow.secrets import BaseSecretsBackend
 from airflow_sm_refs._aws import AWS_CONNECTION_KWARGS
 from airflow_sm_refs._compat import (
     AUTHORITATIVE_DENY,
+    PARSE_ERRORS_MAY_ABORT,
     ProcessRole,
     call_backend,
     connection_class_of,
+    connections_call_the_supervisor_when_built,
     last_resort_connection,
     last_resort_variable,
     later_backends,
@@ -76,7 +78,9 @@ _OPTION_ERRORS_LOGGED: set[str] = set()
 # A reference met while a DAG file is parsed must not be swallowed either: the
 # next backend would hand the raw token to the file. Its error becomes the
 # file's import error (the 3.x parser catches BaseException around the import).
-_PARSE_TIME_FAIL_CLOSED_ROLES = _FAIL_CLOSED_ROLES | {ProcessRole.PARSER}
+# Airflow 2's processor does not, and would die of it: there the error is logged
+# and Airflow's loop goes on to hand the file the stored reference (no value).
+_PARSE_TIME_FAIL_CLOSED_ROLES = _FAIL_CLOSED_ROLES | ({ProcessRole.PARSER} if PARSE_ERRORS_MAY_ABORT else set())
 
 #: what the backend does in this process with a value that holds references
 _RESOLVE, _STEP_ASIDE, _REFUSE = "resolve", "step aside", "refuse"
@@ -497,6 +501,10 @@ class SecretsManagerRefsBackend(BaseSecretsBackend):
             return self._refuse_at_parse_time(raw, conn_id, "connection")
         from airflow_sm_refs.expand import NotCached, expand_connection
 
+        if connections_call_the_supervisor_when_built():
+            # 3.0: building a Connection tells the supervisor its password, a call that
+            # must never start from inside the loop: the whole expansion goes to a thread.
+            return await sync_to_async(self._expand_raw_connection)(raw, conn_id)
         try:
             expansion = self._expansion(conn_id, "connection", cached_only=True)
             return expand_connection(raw, expansion, connection_class_of(self))

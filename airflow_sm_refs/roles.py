@@ -83,8 +83,15 @@ ROLE_TABLE: tuple[RoleRow, ...] = (
     RoleRow(
         "DAG processor parsing a file",
         ProcessRole.PARSER,
-        "all (2.x: also forked from the scheduler)",
-        "`airflow dag-processor` (2.x: Airflow's `process_file` on the stack)",
+        "all (2.x: also forked from the scheduler; the error is logged and Airflow 2 then hands the file the stored reference)",
+        "3.x: a supervisor connection under `airflow dag-processor`; 2.x: Airflow's `process_file` on the stack",
+    ),
+    RoleRow(
+        "DAG processor parent (answers its children's connection requests)",
+        ProcessRole.SERVER,
+        "3.x",
+        "`airflow dag-processor` with no supervisor connection",
+        _airflow3,
     ),
     RoleRow(
         "a script or subprocess a task starts",

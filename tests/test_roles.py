@@ -102,7 +102,14 @@ SITUATIONS: dict[str, dict[str, list[Situation]]] = {
     },
     "DAG processor parsing a file": {
         "3": [Situation(_airflow("dag-processor"), env=CLIENT, supervisor=True)],
-        "2": [Situation(_airflow("scheduler"), frame=(PROCESSOR, "process_file")), Situation(_airflow("dag-processor"))],
+        "2": [
+            Situation(_airflow("scheduler"), frame=(PROCESSOR, "process_file")),
+            Situation(_airflow("dag-processor"), frame=(PROCESSOR, "process_file")),
+            Situation(_airflow("dag-processor")),
+        ],
+    },
+    "DAG processor parent (answers its children's connection requests)": {
+        "3": [Situation(_airflow("dag-processor"), env=SERVER)],
     },
     "a script or subprocess a task starts": {
         v: [
