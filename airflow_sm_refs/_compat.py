@@ -28,7 +28,7 @@ import enum
 import importlib.util
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 __all__ = [
@@ -47,6 +47,7 @@ __all__ = [
     "amask_secret",
     "call_backend",
     "connection_class_of",
+    "expand_before_connection_tests",
     "connections_call_the_supervisor_when_built",
     "later_backends",
     "last_resort_connection",
@@ -583,6 +584,35 @@ def configured_secrets_backend(*, worker_mode: bool) -> Any | None:
     if "worker_mode" in inspect.signature(configuration.get_custom_secret_backend).parameters:
         return configuration.get_custom_secret_backend(worker_mode=worker_mode)
     return configuration.get_custom_secret_backend()  # 2.x has no [workers] backend
+
+
+def expand_before_connection_tests(expand: Callable[[Any], Any]) -> None:
+    """Have the worker-side connection test (3.3+) test the expanded connection, not the stored one.
+
+    3.3 runs the UI's Test button on a worker: ``supervise_connection_test``
+    builds the stored connection and calls its ``test_connection()``, which
+    hands exactly that object to the hook (``_preset_connections``), so no
+    secrets backend is ever asked. ``expand(conn)`` returns the connection to
+    test instead, or a ``(False, message)`` result for a reference that does not
+    resolve. Installed once; only a process in the connection-test role is affected.
+    """
+    if not HAS_WORKER_CONNECTION_TEST:
+        return
+    connection_class = _import("airflow.sdk.definitions.connection").Connection
+    original = connection_class.test_connection
+    if getattr(original, "_airflow_sm_refs", False):
+        return
+
+    def test_connection(self: Any) -> tuple[bool, str]:
+        if process_role() is not ProcessRole.CONNECTION_TEST:
+            return original(self)
+        expanded = expand(self)
+        if isinstance(expanded, tuple):
+            return expanded
+        return original(expanded)
+
+    test_connection._airflow_sm_refs = True  # type: ignore[attr-defined]
+    connection_class.test_connection = test_connection
 
 
 def use_task_connection_class(backend: Any) -> None:

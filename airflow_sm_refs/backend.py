@@ -19,7 +19,9 @@ from airflow_sm_refs._compat import (
     PARSE_ERRORS_MAY_ABORT,
     ProcessRole,
     call_backend,
+    configured_secrets_backend,
     connection_class_of,
+    expand_before_connection_tests,
     connections_call_the_supervisor_when_built,
     last_resort_connection,
     last_resort_variable,
@@ -558,3 +560,29 @@ class SecretsManagerRefsBackend(BaseSecretsBackend):
     def get_config(self, key: str) -> str | None:
         """Configuration is not served by this backend."""
         return None
+
+
+def _expand_for_a_connection_test(conn: Any) -> Any:
+    """The connection a worker-side connection test should test: ``conn`` expanded, or ``(False, why)``.
+
+    Expanded by the configured backend (its options, allowlists and caches)
+    into the Task SDK's connection class, which the test hands to the hook.
+    The message of a failure names the connection, the field and the
+    reference, never a value: it is what the UI shows.
+    """
+    backend = configured_secrets_backend(worker_mode=True)
+    if not isinstance(backend, SecretsManagerRefsBackend):
+        return conn
+    try:
+        if backend._bad_options(conn.conn_id, "connection"):
+            return conn
+        expanded = backend._expand_raw_connection(conn, conn.conn_id)
+    except (SecretReferenceError, SecretLookupAborted) as exc:
+        return False, str(exc)
+    from airflow_sm_refs.expand import CONNECTION_FIELDS
+
+    fields = {name: getattr(expanded, name, None) for name in (*CONNECTION_FIELDS, "extra")}
+    return type(conn)(conn_id=conn.conn_id, conn_type=conn.conn_type, port=conn.port, **fields)
+
+
+expand_before_connection_tests(_expand_for_a_connection_test)
