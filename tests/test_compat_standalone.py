@@ -623,4 +623,10 @@ def test_no_value_in_any_component_or_processor_log(compat_run: CompatRun) -> No
     paths = [*af.component_logs().values(), *(p for p in (af.home / "logs").rglob("*") if p.is_file())]
     for path in paths:
         text = path.read_text(errors="replace")
+        if path.name.endswith(".log") and path.parent == af.home:
+            # Airflow 3.3's LocalExecutor also echoes what a task prints into the scheduler's own
+            # log, tagged [task.stdout], without its masker (the task's log file, written by the
+            # same supervisor, is masked: see the task-log tests). The probe tasks above print
+            # values on purpose; what the plugin and Airflow log themselves must hold none.
+            text = "\n".join(line for line in text.splitlines() if "[task.stdout]" not in line)
         assert not compat_run.aws.leaked_in(text), f"a secret value is in {path}"
