@@ -67,7 +67,7 @@ test-compat:
 		start=$$(date +%s); \
 		if bash .ci/compat-venv.sh $$line; then \
 			built=$$(date +%s); \
-			AIRFLOW_SM_REFS_COMPAT_LINE=$$line .venv-compat/$$line/bin/python -m pytest -m "compat and not wallclock" $(PYTEST_ARGS) $(COMPAT_TESTS); \
+			AIRFLOW_SM_REFS_COMPAT_LINE=$$line SECRET_IDS_DIFFERENTIAL_EXAMPLES=$${SECRET_IDS_DIFFERENTIAL_EXAMPLES:-15} .venv-compat/$$line/bin/python -m pytest -m "compat and not wallclock" $(PYTEST_ARGS) $(COMPAT_TESTS); \
 			rc=$$?; \
 			[ $$rc -eq 5 ] && echo "Airflow $$line: pytest collected no compat test"; \
 		else \
