@@ -445,6 +445,9 @@ def test_dag_failure_callback_resolves(compat_run: CompatRun) -> None:
 
 def test_dag_file_reading_a_reference_at_parse_time_is_an_import_error(compat_run: CompatRun) -> None:
     af = compat_run.af
+    if af.line.is_airflow2:
+        _parse_time_refusal_is_logged_on_airflow2(compat_run)
+        return
     deadline = time.monotonic() + 180
     errors: list[dict[str, Any]] = []
     while time.monotonic() < deadline:
@@ -460,6 +463,27 @@ def test_dag_file_reading_a_reference_at_parse_time_is_an_import_error(compat_ru
     assert not _dag_exists(af, "compat_parse_refuses")
     for value in PLAINTEXTS:
         assert value not in trace
+
+
+def _parse_time_refusal_is_logged_on_airflow2(compat_run: CompatRun) -> None:
+    """Airflow 2's DAG file processor dies of a lookup that aborts, and its lookup loop goes on
+    past any ordinary error: the refusal is logged naming the connection, the file gets the
+    stored reference (field names only in the probe, no value), and no AWS call is made."""
+    af = compat_run.af
+    before = aws_reads(compat_run.aws)
+    deadline = time.monotonic() + 180
+    logged = ""
+    while time.monotonic() < deadline:
+        texts = [p.read_text(errors="replace") for p in (af.home / "logs").rglob("*compat_parse_refuses*") if p.is_file()]
+        texts += [p.read_text(errors="replace") for p in af.component_logs().values()]
+        logged = "\n".join(t for t in texts if "connection 'compat_meta' holds AWS Secrets Manager references" in t)
+        if logged and [p for p in _probes(compat_run) if p.startswith("raw-parser")]:
+            break
+        time.sleep(1)
+    assert logged, f"no refusal logged for compat_parse_refuses.py; probes {_probes(compat_run)}"
+    assert aws_reads(compat_run.aws) == before  # nothing fetched at parse time
+    for value in PLAINTEXTS:
+        assert value not in logged
 
 
 def test_tasks_render_prints_no_value(compat_run: CompatRun) -> None:
