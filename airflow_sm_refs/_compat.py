@@ -157,16 +157,30 @@ _CONNECTION_TEST_FRAMES = {
 }
 
 
+#: the Airflow apps a server program may be started with directly
+_AIRFLOW_APPS = ("airflow.api_fastapi.", "airflow.www.", "airflow.api_fastapi:", "airflow.www:")
+
+
+def _runs_airflow_module() -> bool:
+    """``python -m airflow ...``: Python then sets ``argv[0]`` to ``.../airflow/__main__.py``."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return getattr(spec, "name", None) == "airflow.__main__"
+
+
 def _airflow_command(argv: Sequence[str] | None = None) -> tuple[str, ...]:
     """The Airflow CLI command this process runs (``("tasks", "run")``), or ``()``."""
+    if argv is None and _runs_airflow_module():
+        argv = ["airflow", *sys.argv[1:]]
     argv = list(sys.argv if argv is None else argv)
     if not argv:
         return ()
     program = os.path.basename(argv[0])
-    if program.startswith("gunicorn") and any("airflow" in a and "webserver" in a for a in argv):
+    if program.startswith("gunicorn") and any(a.startswith(("airflow-webserver", "airflow.www.")) for a in argv[1:]):
         return ("webserver",)  # 2.x webserver workers
-    if program.startswith(_SERVER_PROGRAMS) and any(a.startswith("airflow.") for a in argv[1:]):
+    if program.startswith(_SERVER_PROGRAMS) and any(a.startswith(_AIRFLOW_APPS) for a in argv[1:]):
         return ("api-server",)  # an Airflow app served directly
+    if program == "__main__.py" and os.path.basename(os.path.dirname(argv[0])) == "airflow":
+        program = "airflow"
     if program == "airflow" or (program.startswith("python") and argv[1:3] == ["-m", "airflow"]):
         args = argv[1:] if program == "airflow" else argv[3:]
         words = tuple(a for a in args if not a.startswith("-"))[:2]
@@ -174,17 +188,38 @@ def _airflow_command(argv: Sequence[str] | None = None) -> tuple[str, ...]:
     return ()
 
 
+def _code_of(module_name: str, names: frozenset[str]) -> frozenset[Any]:
+    """The code objects of the functions (and methods) called ``names`` in the loaded module ``module_name``."""
+    module = sys.modules.get(module_name)
+    if module is None:
+        return frozenset()
+    found = set()
+    for holder in (module, *(v for v in vars(module).values() if isinstance(v, type) and v.__module__ == module_name)):
+        for name in names:
+            function = getattr(holder, name, None)
+            function = getattr(function, "__func__", function)
+            code = getattr(function, "__code__", None)
+            if code is not None:
+                found.add(code)
+    return frozenset(found)
+
+
 def _running(frames: dict[str, frozenset[str]]) -> bool:
     """Whether this thread is inside one of ``frames`` (module -> function names) right now.
 
     What a process is doing can change from one call to the next (the DAG
     processor parses a file, then runs its callbacks), so it is read from the
-    stack at the lookup, not from the command line.
+    stack at the lookup, not from the command line. A frame counts only if
+    it runs Airflow's own function (the same code object): a function of the
+    same name in a module that merely calls itself so, as a DAG file could
+    define, does not.
     """
+    codes = frozenset().union(*(_code_of(module, names) for module, names in frames.items()))
+    if not codes:
+        return False
     frame: Any = sys._getframe(1)
     while frame is not None:
-        names = frames.get(frame.f_globals.get("__name__", ""))
-        if names is not None and frame.f_code.co_name in names:
+        if frame.f_code in codes:
             return True
         frame = frame.f_back
     return False
@@ -232,7 +267,10 @@ def process_role(argv: Sequence[str] | None = None) -> ProcessRole:
             return ProcessRole.CALLBACK if _running(_CALLBACK_FRAMES) else ProcessRole.PARSER
         return ProcessRole.TRIGGER if head == "triggerer" else ProcessRole.TASK
     if not HAS_TASK_SDK:
-        if _in_airflow2_task():
+        # A task context counts in a task's own process (its command line runs tasks),
+        # or in a program a task started; not under another Airflow CLI command, which
+        # inherits AIRFLOW_CTX_* from a BashOperator as well.
+        if _in_airflow2_task() and (not head or command[:2] in _TASK_COMMANDS or head in ("scheduler", "celery")):
             return ProcessRole.TASK
         if head == "triggerer":  # 2.x runs triggers in the triggerer process itself
             return ProcessRole.TRIGGER
@@ -593,8 +631,9 @@ def expand_before_connection_tests(expand: Callable[[Any], Any]) -> None:
     builds the stored connection and calls its ``test_connection()``, which
     hands exactly that object to the hook (``_preset_connections``), so no
     secrets backend is ever asked. ``expand(conn)`` returns the connection to
-    test instead, or a ``(False, message)`` result for a reference that does not
-    resolve. Installed once; only a process in the connection-test role is affected.
+    test instead and the values resolved into it, or ``(False, message)`` for a
+    reference that does not resolve. Installed once; only a process in the
+    connection-test role is affected.
     """
     if not HAS_WORKER_CONNECTION_TEST:
         return
@@ -606,10 +645,17 @@ def expand_before_connection_tests(expand: Callable[[Any], Any]) -> None:
     def test_connection(self: Any) -> tuple[bool, str]:
         if process_role() is not ProcessRole.CONNECTION_TEST:
             return original(self)
-        expanded = expand(self)
-        if isinstance(expanded, tuple):
-            return expanded
-        return original(expanded)
+        expanded, values = expand(self)
+        if isinstance(expanded, bool):
+            return expanded, str(values)
+        ok, message = original(expanded)
+        # The hook's own message goes to the UI unmasked: it may quote a value (a header
+        # Python refuses, a host in a connection error), in any case.
+        message = str(redact(str(message)))
+        shown = message.lower()
+        if any(value and value.lower() in shown for value in values):
+            message = "the hook's message is not shown: it quoted a value resolved from AWS Secrets Manager"
+        return ok, message
 
     test_connection._airflow_sm_refs = True  # type: ignore[attr-defined]
     connection_class.test_connection = test_connection

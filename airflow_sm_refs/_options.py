@@ -36,10 +36,14 @@ _FALSE = frozenset({"false", "0", "no"})
 
 #: options whose value is a credential: an error names them but never shows what was given
 SECRET_OPTIONS = frozenset({"aws_secret_access_key", "aws_session_token", "aws_access_key_id"})
+#: options whose value may carry a credential (a proxy URL with a password, a role's session policy)
+_VALUE_NOT_SHOWN = SECRET_OPTIONS | {"endpoint_url", "role_arn", "assume_role_kwargs", "config_kwargs", "profile_name"}
 
 
 def _shown(option: str, value: Any) -> str:
-    return "<hidden>" if option in SECRET_OPTIONS else repr(value)[:100]
+    if option in _VALUE_NOT_SHOWN:
+        return f"<a {type(value).__name__}>"
+    return repr(value)[:100]
 
 
 def parse_bool(value: Any, option: str) -> bool:

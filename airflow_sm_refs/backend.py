@@ -253,8 +253,9 @@ class SecretsManagerRefsBackend(BaseSecretsBackend):
         options = {name: value for name, value in locals().items() if name not in ("self", "kwargs", "__class__")}
         try:
             self._parse_options(**options, **kwargs)
-        except (TypeError, ValueError) as exc:
-            self.option_error = f"{type(self).__name__} backend_kwargs: {exc}"
+        except Exception as exc:  # noqa: BLE001 - whatever an option does, Airflow must still start
+            text = " ".join(str(exc).split())[:300] if isinstance(exc, (TypeError, ValueError)) else type(exc).__name__
+            self.option_error = f"{type(self).__name__} backend_kwargs: {text}"
 
     def _parse_options(
         self,
@@ -562,8 +563,8 @@ class SecretsManagerRefsBackend(BaseSecretsBackend):
         return None
 
 
-def _expand_for_a_connection_test(conn: Any) -> Any:
-    """The connection a worker-side connection test should test: ``conn`` expanded, or ``(False, why)``.
+def _expand_for_a_connection_test(conn: Any) -> tuple[Any, Any]:
+    """What a worker-side connection test should test: (``conn`` expanded, the values resolved), or ``(False, why)``.
 
     Expanded by the configured backend (its options, allowlists and caches)
     into the Task SDK's connection class, which the test hands to the hook.
@@ -572,17 +573,38 @@ def _expand_for_a_connection_test(conn: Any) -> Any:
     """
     backend = configured_secrets_backend(worker_mode=True)
     if not isinstance(backend, SecretsManagerRefsBackend):
-        return conn
+        return conn, ()
     try:
         if backend._bad_options(conn.conn_id, "connection"):
-            return conn
+            return conn, ()
         expanded = backend._expand_raw_connection(conn, conn.conn_id)
     except (SecretReferenceError, SecretLookupAborted) as exc:
         return False, str(exc)
     from airflow_sm_refs.expand import CONNECTION_FIELDS
 
     fields = {name: getattr(expanded, name, None) for name in (*CONNECTION_FIELDS, "extra")}
-    return type(conn)(conn_id=conn.conn_id, conn_type=conn.conn_type, port=conn.port, **fields)
+    # What the expansion put in: every field that changed, and every string of extra that is new.
+    values = [v for name, v in fields.items() if name != "extra" and v and v != getattr(conn, name, None)]
+    old_extra, new_extra = str(getattr(conn, "extra", None) or ""), str(fields.get("extra") or "")
+    if new_extra != old_extra:
+        try:
+            strings: list[str] = []
+            _strings_in(json.loads(new_extra), strings)
+            values += [v for v in strings if v not in old_extra]
+        except ValueError:
+            values.append(new_extra)
+    return type(conn)(conn_id=conn.conn_id, conn_type=conn.conn_type, port=conn.port, **fields), values
+
+
+def _strings_in(node: Any, found: list[str]) -> None:
+    if isinstance(node, str):
+        found.append(node)
+    elif isinstance(node, dict):
+        for item in node.values():
+            _strings_in(item, found)
+    elif isinstance(node, list):
+        for item in node:
+            _strings_in(item, found)
 
 
 expand_before_connection_tests(_expand_for_a_connection_test)

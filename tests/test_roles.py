@@ -10,6 +10,7 @@ the same entry points are in ``tests/test_compat_standalone.py``.
 from __future__ import annotations
 
 import sys
+import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,10 +30,22 @@ def _airflow(*words: str) -> list[str]:
     return ["/opt/venv/bin/airflow", *words]
 
 
-def inside(module: str, function: str, call: Callable[[], Any]) -> Any:
-    """Call ``call`` from inside a function named ``function`` of a module named ``module``."""
+def inside(module: str, function: str, call: Callable[[], Any], monkeypatch: pytest.MonkeyPatch | None = None) -> Any:
+    """Call ``call`` from inside Airflow's function ``module.function``.
+
+    The function is replaced, for this test, by one that calls ``call``: the
+    role is read from the code object Airflow's module holds under that name,
+    so the stand-in is put there. Without ``monkeypatch`` it is not, as a DAG
+    file defining a function of that name in a module named so would do.
+    """
     namespace: dict[str, Any] = {"__name__": module}
     exec(f"def {function}(call):\n    return call()\n", namespace)  # noqa: S102 - a frame with that name
+    if monkeypatch is not None:
+        target = sys.modules.get(module)
+        if target is None:
+            target = types.ModuleType(module)
+            monkeypatch.setitem(sys.modules, module, target)
+        monkeypatch.setattr(target, function, namespace[function], raising=False)
     return namespace[function](call)
 
 
@@ -64,7 +77,7 @@ class Situation:
             monkeypatch.setattr(task_runner, "SUPERVISOR_COMMS", object() if self.supervisor else None, raising=False)
         if self.frame is None:
             return process_role()
-        return inside(*self.frame, process_role)
+        return inside(*self.frame, process_role, monkeypatch)
 
 
 SERVER = {"_AIRFLOW_PROCESS_CONTEXT": "server"}
@@ -191,6 +204,41 @@ def test_a_callback_and_a_parse_in_one_process_each_get_their_own_role(monkeypat
         callback = Situation(_airflow("dag-processor"), frame=(PROCESSOR, "execute_callbacks"))
     assert callback.role(monkeypatch) is ProcessRole.CALLBACK
     assert process_role() is ProcessRole.PARSER  # the same process, the callback over
+
+
+@pytest.mark.parametrize(
+    ("module", "function"), [(PROCESSOR, "_execute_callbacks"), (PROCESSOR, "execute_callbacks"), (CONNECTION_TEST, "supervise_connection_test")]
+)
+def test_a_dag_file_cannot_pass_for_airflows_callback_or_connection_test(
+    module: str, function: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A function of the same name, in code that calls its module so, is not Airflow's: a parse stays a parse."""
+    parsing = Situation(_airflow("dag-processor"), env=CLIENT, supervisor=True) if HAS_TASK_SDK else Situation(_airflow("dag-processor"))
+    expected = parsing.role(monkeypatch)
+    assert expected is ProcessRole.PARSER
+    assert inside(module, function, process_role) is ProcessRole.PARSER  # not registered in Airflow's module
+
+
+def test_python_dash_m_airflow_is_the_airflow_cli(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``python -m airflow connections get``: Python sets argv[0] to airflow/__main__.py, not to python."""
+    import importlib.util
+
+    main = types.ModuleType("__main__")
+    main.__spec__ = importlib.util.spec_from_loader("airflow.__main__", loader=None)
+    monkeypatch.setitem(sys.modules, "__main__", main)
+    monkeypatch.setattr(sys, "argv", ["/opt/venv/lib/python3.11/site-packages/airflow/__main__.py", "connections", "get", "db"])
+    monkeypatch.delenv("_AIRFLOW_PROCESS_CONTEXT", raising=False)
+    assert process_role() is ProcessRole.CLI
+
+
+def test_an_airflow_cli_command_started_by_a_bash_task_steps_aside(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A BashOperator passes AIRFLOW_CTX_* on to what it runs; ``airflow connections get`` there still prints no value."""
+    assert Situation(_airflow("connections", "get", "db"), task_context=True).role(monkeypatch) is ProcessRole.CLI
+
+
+def test_a_script_named_like_a_server_program_is_not_a_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    for argv in (["/usr/bin/gunicorn_app.py", "--settings", "airflow.cfg"], ["/usr/bin/uvicorn", "reports:app", "--env-file", "airflow.env"]):
+        assert Situation(argv, env=SERVER).role(monkeypatch) is ProcessRole.OTHER
 
 
 def test_the_readme_table_is_the_role_table() -> None:
