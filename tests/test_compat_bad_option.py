@@ -81,7 +81,8 @@ def test_task_reading_a_reference_fails_naming_the_option(bad_option_run: BadOpt
     run = bad_option_run
     assert run.states.get("reads_connection") == "failed", (run.states, run.log[-3000:])
     assert "COMPAT_UNEXPECTED_SUCCESS" not in run.log, run.log[-3000:]
-    assert "BackendOptionError" in run.log, run.log[-3000:]
+    # 3.2.2+: the error itself; before, wrapped in SecretLookupAborted (the loops let nothing else through)
+    assert "BackendOptionError" in run.log or "SecretLookupAborted" in run.log, run.log[-3000:]
     assert OPTION_ERROR in run.log, run.log[-3000:]
     assert not run.aws.leaked_in(run.log) and PASSWORD not in run.log
 
@@ -90,8 +91,10 @@ def test_components_log_one_error_line_not_a_traceback_storm(bad_option_run: Bad
     af = bad_option_run.af
     logs = {name: path.read_text(errors="replace") for name, path in af.component_logs().items()}
     seen = {name: text.count(OPTION_ERROR) for name, text in logs.items()}
-    # Some component built the backend and said so (3.3: the scheduler and its executor's workers).
-    assert sum(seen.values()) >= 1, seen
+    # A component that looks a connection up says so (3.3: the scheduler and its executor's
+    # workers); before 3.3 no server looks one up here, so none has anything to say.
+    if not af.line.is_airflow2 and (af.line.major, af.line.minor) >= (3, 3):
+        assert sum(seen.values()) >= 1, seen
     for name, text in logs.items():
         # Once per process that built the backend (a server may run a few), never once per lookup.
         assert seen[name] <= 3, seen
