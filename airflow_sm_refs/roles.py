@@ -2,7 +2,7 @@
 
 :func:`airflow_sm_refs._compat.process_role` decides a process's role; this
 table says, for every entry point a user meets, which role it gets, on which
-lines it exists, and what decides it. The README's table is generated from it
+lines it exists, and what decides it. The table in docs/versions.md is generated from it
 (``python -m airflow_sm_refs.roles``) and a test checks that they match; the
 tests of the roles walk its rows.
 """
@@ -128,7 +128,7 @@ ROLE_TABLE: tuple[RoleRow, ...] = (
 
 
 def markdown_table() -> str:
-    """The table as the README shows it."""
+    """The table as docs/versions.md shows it."""
     lines = ["| process | lines | what the backend does | decided by |", "| --- | --- | --- | --- |"]
     lines += [f"| {r.entry_point} | {r.lines} | {r.behaviour} | {r.decided_by} |" for r in ROLE_TABLE]
     return "\n".join(lines) + "\n"
