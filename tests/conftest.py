@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -78,6 +79,18 @@ def reset_plugin_state() -> None:
 
     reset_worker_caches()
     clear_worker_cache()
+
+
+@pytest.fixture(autouse=True)
+def no_task_context_left_over(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An in-process ``dag.test()`` of an earlier test can leave Airflow 2's task context behind
+    (``AIRFLOW_CTX_*``, ``_CURRENT_CONTEXT``), which would make this pytest process a task."""
+    for name in [n for n in os.environ if n.startswith("AIRFLOW_CTX_")]:
+        monkeypatch.delenv(name)
+    module = sys.modules.get("airflow.models.taskinstance")
+    current = getattr(module, "_CURRENT_CONTEXT", None)
+    if isinstance(current, list) and current:
+        monkeypatch.setattr(module, "_CURRENT_CONTEXT", [])
 
 
 @pytest.fixture(autouse=True)

@@ -342,6 +342,7 @@ class TestSecretsManagerRefsBackend:
         make_secret(backend_configured, "prod/db", DB_SECRET)
         set_conn(monkeypatch, "db", {"conn_type": "postgres", "password": "{{workato:sm:password:prod/db}}"})
         monkeypatch.setenv("_AIRFLOW_PROCESS_CONTEXT", "server")
+        monkeypatch.setattr("sys.argv", ["/opt/venv/bin/airflow", "api-server"])  # the marker counts under a server's own command
         backend = SecretsManagerRefsBackend(region_name="us-east-1", endpoint_url=backend_configured.endpoint_url)
         assert backend.get_connection("db") is None
         on_server = SecretsManagerRefsBackend(

@@ -142,7 +142,9 @@ SECRET_VALUES = (DB_USER, DB_PASSWORD, API_TOKEN, ROTATING, ROTATED)
 
 
 def clear_worker_cache(af: Any) -> None:
-    """Empty the worker's shared cache with the CLI a user would run."""
+    """Empty the worker's shared cache with the CLI a user would run (none yet: nothing to clear)."""
+    if not Path(af.worker_cache_dir).exists():
+        return  # `cache clear --dir` of a missing directory is an error, rightly
     cli = Path(sys.executable).parent / "airflow-sm-refs"
     done = subprocess.run(
         [str(cli), "cache", "clear", "--dir", str(af.worker_cache_dir)], capture_output=True, text=True, timeout=60
