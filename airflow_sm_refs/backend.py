@@ -580,7 +580,7 @@ def _expand_for_a_connection_test(conn: Any) -> tuple[Any, Any]:
         expanded = backend._expand_raw_connection(conn, conn.conn_id)
     except (SecretReferenceError, SecretLookupAborted) as exc:
         return False, str(exc)
-    from airflow_sm_refs.expand import CONNECTION_FIELDS
+    from airflow_sm_refs.expand import CONNECTION_FIELDS, build_connection, map_json_strings
 
     fields = {name: getattr(expanded, name, None) for name in (*CONNECTION_FIELDS, "extra")}
     # What the expansion put in: every field that changed, and every string of extra that is new.
@@ -589,22 +589,11 @@ def _expand_for_a_connection_test(conn: Any) -> tuple[Any, Any]:
     if new_extra != old_extra:
         try:
             strings: list[str] = []
-            _strings_in(json.loads(new_extra), strings)
+            map_json_strings(json.loads(new_extra), "extra", lambda text, _: strings.append(text))
             values += [v for v in strings if v not in old_extra]
         except ValueError:
             values.append(new_extra)
-    return type(conn)(conn_id=conn.conn_id, conn_type=conn.conn_type, port=conn.port, **fields), values
-
-
-def _strings_in(node: Any, found: list[str]) -> None:
-    if isinstance(node, str):
-        found.append(node)
-    elif isinstance(node, dict):
-        for item in node.values():
-            _strings_in(item, found)
-    elif isinstance(node, list):
-        for item in node:
-            _strings_in(item, found)
+    return build_connection(conn, fields), values
 
 
 expand_before_connection_tests(_expand_for_a_connection_test)
