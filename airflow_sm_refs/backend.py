@@ -35,13 +35,13 @@ from airflow_sm_refs._exceptions import (
     SecretLookupAborted,
     SecretReferenceError,
 )
-from airflow_sm_refs._options import parse_bool, parse_dict, parse_str, parse_verify, unknown_option
+from airflow_sm_refs._options import parse_bool, parse_dict, parse_number, parse_str, parse_verify, unknown_option
 
 if TYPE_CHECKING:
     from airflow_sm_refs.expand import Expansion
     from airflow_sm_refs.resolver import SecretResolver
 
-__all__ = ["SecretsManagerRefsBackend", "is_server_process"]
+__all__ = ["SecretsManagerBackend", "SecretsManagerRefsBackend", "is_server_process"]
 
 log = logging.getLogger("airflow_sm_refs")
 
@@ -239,6 +239,15 @@ class SecretsManagerRefsBackend(BaseSecretsBackend):
         allowed_conn_ids: list[str] | None = None,
         allowed_variables: list[str] | None = None,
         resolve_at_parse_time: bool = False,
+        connections_prefix: str | None = None,
+        connections_lookup_pattern: str | None = None,
+        variables_prefix: str | None = None,
+        variables_lookup_pattern: str | None = None,
+        config_prefix: str | None = None,
+        config_lookup_pattern: str | None = None,
+        sep: str = "/",
+        extra_conn_words: dict[str, list[str]] | None = None,
+        missing_cache_seconds: float | None = None,
         **kwargs: Any,
     ) -> None:
         # No AWS, disk or heavy import work here: Airflow builds instances
@@ -278,11 +287,23 @@ class SecretsManagerRefsBackend(BaseSecretsBackend):
         allowed_conn_ids: Any,
         allowed_variables: Any,
         resolve_at_parse_time: Any,
+        connections_prefix: Any,
+        connections_lookup_pattern: Any,
+        variables_prefix: Any,
+        variables_lookup_pattern: Any,
+        config_prefix: Any,
+        config_lookup_pattern: Any,
+        sep: Any,
+        extra_conn_words: Any,
+        missing_cache_seconds: Any,
         **kwargs: Any,
     ) -> None:
-        unknown = sorted(set(kwargs) - set(AWS_CONNECTION_KWARGS))
+        from airflow_sm_refs.stored import PROVIDER_PASSED_ON, StoredSecrets, parse_provider_options
+
+        unknown = sorted(set(kwargs) - set(AWS_CONNECTION_KWARGS) - set(PROVIDER_PASSED_ON))
         if unknown:
             raise TypeError("; ".join(unknown_option(name, self._known_options()) for name in unknown))
+        passed_on = {name: kwargs.pop(name) for name in PROVIDER_PASSED_ON if name in kwargs}
         given = {
             "region_name": region_name,
             "endpoint_url": endpoint_url,
@@ -310,6 +331,24 @@ class SecretsManagerRefsBackend(BaseSecretsBackend):
         from airflow_sm_refs.policy import AccessPolicy
 
         self.policy = AccessPolicy.from_options(allowed_secrets, allowed_conn_ids, allowed_variables)
+        provider_options = parse_provider_options(
+            connections_prefix=connections_prefix,
+            connections_lookup_pattern=connections_lookup_pattern,
+            variables_prefix=variables_prefix,
+            variables_lookup_pattern=variables_lookup_pattern,
+            config_prefix=config_prefix,
+            config_lookup_pattern=config_lookup_pattern,
+            sep=sep,
+            extra_conn_words=extra_conn_words,
+        )
+        #: how long a stored id found in no secret is remembered (``aws_default``): as long as a found one
+        self.missing_cache_seconds = (
+            self.cache_settings.cache_ttl_seconds
+            if missing_cache_seconds is None
+            else parse_number(missing_cache_seconds, "missing_cache_seconds")
+        )
+        #: whole connections, Variables and config values stored as the Amazon provider stores them
+        self.stored = StoredSecrets({**provider_options, **passed_on}, self._stored_payload)
         from airflow_sm_refs.expand import ExpansionMemo
 
         #: this backend's recent expansions (its allowlists and identity are fixed, so they hold for it alone)
@@ -319,8 +358,10 @@ class SecretsManagerRefsBackend(BaseSecretsBackend):
 
     @classmethod
     def _known_options(cls) -> list[str]:
-        names = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "kwargs")]
-        return names + [n for n in AWS_CONNECTION_KWARGS if n not in names]
+        from airflow_sm_refs.stored import PROVIDER_PASSED_ON
+
+        names = [p for p in inspect.signature(SecretsManagerRefsBackend.__init__).parameters if p not in ("self", "kwargs")]
+        return names + [n for n in (*AWS_CONNECTION_KWARGS, *PROVIDER_PASSED_ON) if n not in names]
 
     def _bad_options(self, key: str, kind: str) -> bool:
         """With a bad option: raise in a process that resolves; elsewhere log it once and step aside (``True``)."""
@@ -343,6 +384,54 @@ class SecretsManagerRefsBackend(BaseSecretsBackend):
         from airflow_sm_refs._aws import clients_for_settings
 
         return self.cache_settings.resolver_for(clients_for_settings(self.aws_settings))
+
+    @cached_property
+    def _stored_resolver(self) -> SecretResolver:
+        """The resolver for whole stored secrets: the same tiers, but "not found" is remembered as long as a value."""
+        import dataclasses
+
+        return dataclasses.replace(self.resolver, negative_cache_seconds=self.missing_cache_seconds)
+
+    def _stored_payload(self, ref: Any) -> Any:
+        """The payload of a stored secret through the cache tiers (what the provider's client call becomes)."""
+        import time
+
+        from airflow_sm_refs._exceptions import SecretNotFoundError
+
+        if not self.policy.secret_allowed(ref):
+            # Outside allowed_secrets: never asked of AWS, as if it were not stored.
+            log.debug("stored secret %s is outside allowed_secrets; not looked up", ref.secret_id)
+            raise SecretNotFoundError(f"{ref.secret_id!r} is outside allowed_secrets", reference=ref.secret_id)
+        started = time.perf_counter()
+        try:
+            payload, source = self._stored_resolver.payload(ref)
+        except SecretNotFoundError:
+            log.debug("stored secret %s: not found (remembered up to %gs)", ref.secret_id, self.missing_cache_seconds)
+            raise
+        log.log(
+            logging.INFO if source == "aws" else logging.DEBUG,
+            "stored secret %s: from %s in %.1f ms",
+            ref.secret_id,
+            source,
+            (time.perf_counter() - started) * 1000,
+        )
+        return payload
+
+    def _stored(self, kind: str, key: str, team_name: str | None) -> Any:
+        """What the provider's layout holds for ``key`` (a connection or a string), or ``None``."""
+        if not self.stored.enabled[kind]:
+            return None
+        if kind == "connection" and not self.policy.conn_allowed(key):
+            return None
+        if kind == "variable" and not self.policy.variable_allowed(key):
+            return None
+        found = self.stored.lookup(kind, key, team_name, connection_class_of(self))
+        password = getattr(found, "password", None) if kind == "connection" else None
+        if password and isinstance(password, str):
+            from airflow_sm_refs.expand import _mask_all
+
+            _mask_all((password,))
+        return found
 
     # --- the chain -----------------------------------------------------------
     def _mode(self) -> str:
@@ -466,17 +555,23 @@ class SecretsManagerRefsBackend(BaseSecretsBackend):
         if self._bad_options(conn_id, "connection"):
             return None
         mode = self._mode()
-        if mode == _STEP_ASIDE:
-            return None
         with _guard(f"conn:{conn_id}") as first:
             if not first:
                 return None
-            raw = self._ask_chain("get_connection", conn_id, team_name)
+            raw = self._stored("connection", conn_id, team_name)
             if raw is None:
-                return None
-            if mode == _REFUSE:
-                return self._refuse_at_parse_time(raw, conn_id, "connection")
-            return self._expand_raw_connection(raw, conn_id)
+                if mode == _STEP_ASIDE:
+                    return None
+                raw = self._ask_chain("get_connection", conn_id, team_name)
+            return self._answer_connection(raw, conn_id, mode)
+
+    def _answer_connection(self, raw: Any, conn_id: str, mode: str) -> Any:
+        """``raw`` as this process may have it: expanded, refused (parse time), or as stored (a server)."""
+        if raw is None or mode == _STEP_ASIDE:
+            return raw
+        if mode == _REFUSE:
+            return self._refuse_at_parse_time(raw, conn_id, "connection")
+        return self._expand_raw_connection(raw, conn_id)
 
     async def aget_connection(self, conn_id: str, team_name: str | None = None) -> Any:
         """:meth:`get_connection` for the trigger runner's event loop.
@@ -490,18 +585,22 @@ class SecretsManagerRefsBackend(BaseSecretsBackend):
         if self._bad_options(conn_id, "connection"):
             return None
         mode = self._mode()
-        if mode == _STEP_ASIDE:
+        if mode == _STEP_ASIDE and not self.stored.enabled["connection"]:
             return None
         from asgiref.sync import sync_to_async
 
         with _guard(f"conn:{conn_id}") as first:
             if not first:
                 return None
-            raw = await self._aask_chain_connection(conn_id, team_name)
-        if raw is None:
-            return None
-        if mode == _REFUSE:
-            return self._refuse_at_parse_time(raw, conn_id, "connection")
+            raw = None
+            if self.stored.enabled["connection"]:
+                raw = await sync_to_async(self._stored)("connection", conn_id, team_name)
+            if raw is None:
+                if mode == _STEP_ASIDE:
+                    return None
+                raw = await self._aask_chain_connection(conn_id, team_name)
+        if raw is None or mode != _RESOLVE:
+            return self._answer_connection(raw, conn_id, mode)
         from airflow_sm_refs.expand import NotCached, expand_connection
 
         if connections_call_the_supervisor_when_built():
@@ -546,21 +645,44 @@ class SecretsManagerRefsBackend(BaseSecretsBackend):
         if self._bad_options(key, "variable"):
             return None
         mode = self._mode()
-        if mode == _STEP_ASIDE:
-            return None
         with _guard(f"var:{key}") as first:
             if not first:
                 return None
-            raw = self._ask_chain("get_variable", key, team_name)
+            raw = self._stored("variable", key, team_name)
             if raw is None:
-                return None
+                if mode == _STEP_ASIDE:
+                    return None
+                raw = self._ask_chain("get_variable", key, team_name)
+            if raw is None or mode == _STEP_ASIDE:
+                return raw
             if mode == _REFUSE:
                 return self._refuse_at_parse_time(raw, key, "variable")
             return self._expand_raw_variable(raw, key)
 
     def get_config(self, key: str) -> str | None:
-        """Configuration is not served by this backend."""
-        return None
+        """A config value stored under ``config_prefix`` (off unless set), its references expanded.
+
+        Airflow's own components read these (``sql_alchemy_conn_secret``...), so
+        a stored config value is answered, and expanded, in every process.
+        """
+        if self.option_error is not None:
+            # Read by every component while it starts: logged once, never raised from here.
+            if self.option_error not in _OPTION_ERRORS_LOGGED:
+                _OPTION_ERRORS_LOGGED.add(self.option_error)
+                log.error("%s; the backend steps aside in this process until it is fixed", self.option_error)
+            return None
+        if not self.stored.enabled["config"]:
+            return None
+        with _guard(f"config:{key}") as first:
+            if not first:
+                return None
+            raw = self._stored("config", key, None)
+            if raw is None or not _holds_references(raw, "variable"):
+                return raw
+            try:
+                return self._expansion(key, "config").variable(raw)
+            except Exception as exc:
+                raise self._fail_closed(exc, key, "config") from None
 
 
 def _expand_for_a_connection_test(conn: Any) -> tuple[Any, Any]:
@@ -597,3 +719,46 @@ def _expand_for_a_connection_test(conn: Any) -> tuple[Any, Any]:
 
 
 expand_before_connection_tests(_expand_for_a_connection_test)
+
+
+class SecretsManagerBackend(SecretsManagerRefsBackend):
+    """
+    A drop-in for the Amazon provider's ``SecretsManagerBackend``: its options, defaults and answers.
+
+    Connections, Variables and config values stored whole under
+    ``connections_prefix``, ``variables_prefix`` and ``config_prefix`` are
+    read as the installed provider reads them (URI or JSON, its key aliases,
+    ``extra_conn_words``, lookup patterns, ``sep``, team-scoped names), and,
+    unlike there, through the per-process and per-worker caches: one
+    ``GetSecretValue`` per stored secret per ``cache_ttl_seconds`` per worker,
+    and an id stored nowhere (``aws_default``) remembered as long
+    (``missing_cache_seconds``). References inside what it finds, and in
+    connections and Variables found later in the chain, are expanded as
+    :class:`SecretsManagerRefsBackend` expands them; every option of that
+    class applies. Switch by changing the class path in ``airflow.cfg``:
+
+    .. code-block:: ini
+
+        [secrets]
+        backend = airflow_sm_refs.backend.SecretsManagerBackend
+        backend_kwargs = {"connections_prefix": "airflow/connections", "region_name": "eu-west-1"}
+
+    :param connections_prefix: prefix of connection secrets; ``None``: connections are not looked up,
+        ``""``: the id alone. Default ``airflow/connections``.
+    :param variables_prefix: the same for Variables. Default ``airflow/variables``.
+    :param config_prefix: the same for config values. Default ``airflow/config``.
+    """
+
+    def __init__(
+        self,
+        connections_prefix: str | None = "airflow/connections",
+        variables_prefix: str | None = "airflow/variables",
+        config_prefix: str | None = "airflow/config",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            connections_prefix=connections_prefix,
+            variables_prefix=variables_prefix,
+            config_prefix=config_prefix,
+            **kwargs,
+        )

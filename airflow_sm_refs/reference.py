@@ -97,6 +97,15 @@ def _parse_secret_id(text: str, rest: str) -> tuple[str, str]:
     return name, (sep + tail)
 
 
+def is_secret_id(text: str) -> bool:
+    """Whether ``text`` alone names a secret: a plain name, or a Secrets Manager ARN with nothing after it."""
+    try:
+        secret_id, tail = _parse_secret_id(text, text)
+    except ReferenceSyntaxError:
+        return False
+    return secret_id == text and not tail
+
+
 def parse_reference(text: str) -> SecretReference:
     """Parse one whole token, braces included.
 
