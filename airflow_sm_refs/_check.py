@@ -356,7 +356,7 @@ def command_check(
         all_conns, all_keys = _enumerate_all()
         conn_ids += [c for c in all_conns if c not in conn_ids]
         variables += [k for k in all_keys if k not in variables]
-    sources = _raw_sources(setup.other)
+    sources = _raw_sources(setup.other, setup.backend)
     cache = worker_cache_status(setup.backend.cache_settings)
     _print_status(setup, cache, out)
     results = [_check_connection(conn_id, setup, sources, out, err) for conn_id in conn_ids]

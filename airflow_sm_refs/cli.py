@@ -201,7 +201,32 @@ def _one_line(exc: BaseException, limit: int = 300) -> str:
 
 
 # --- finding the raw connection ------------------------------------------------------
-def _raw_sources(other: Any | None) -> list[tuple[str, Any]]:
+class _StoredSource:
+    """The connections and Variables the backend reads whole from Secrets Manager (``connections_prefix``...)."""
+
+    def __init__(self, backend: Any) -> None:
+        self._backend = backend
+
+    def get_connection(self, conn_id: str) -> Any:
+        return self._backend._stored("connection", conn_id, None)
+
+    def get_variable(self, key: str) -> Any:
+        return self._backend._stored("variable", key, None)
+
+
+def _stored_layout(backend: Any) -> list[tuple[str, str]]:
+    """(option, secret-name pattern) for each kind the backend reads whole from Secrets Manager."""
+    stored = getattr(backend, "stored", None)
+    if stored is None:
+        return []
+    layout = []
+    for kind, option in (("connection", "connections_prefix"), ("variable", "variables_prefix"), ("config", "config_prefix")):
+        if stored.enabled[kind]:
+            layout.append((option, stored.secret_id(kind, "*")))
+    return layout
+
+
+def _raw_sources(other: Any | None, backend: Any | None = None) -> list[tuple[str, Any]]:
     """Where a task finds a connection, in the same order, less this package's backend.
 
     A task asks its own chain (the ``[workers]`` backend, environment
@@ -215,6 +240,11 @@ def _raw_sources(other: Any | None) -> list[tuple[str, Any]]:
     from airflow_sm_refs._compat import use_task_connection_class
 
     sources: list[tuple[str, Any]] = []
+    layout = dict(_stored_layout(backend))
+    if "connections_prefix" in layout or "variables_prefix" in layout:
+        # The configured backend asks these first, as the provider's backend does.
+        names = ", ".join(v for k, v in layout.items() if k != "config_prefix")
+        sources.append((f"Secrets Manager ({names})", _StoredSource(backend)))
     if other is not None:
         sources.append((type(other).__name__, other))
     sources.append(("environment variables", EnvironmentVariablesBackend()))
@@ -417,7 +447,7 @@ def command_iam_policy(
     if setup.note:
         print(f"note: {setup.note}", file=err)
     scope = _policy_scope(setup, region, account_id)
-    sources = _raw_sources(setup.other)
+    sources = _raw_sources(setup.other, setup.backend)
     conn_ids, variables = list(dict.fromkeys(conn_ids)), list(dict.fromkeys(variables))
     named = {("connection", c) for c in conn_ids} | {("variable", k) for k in variables}
     if everything:
@@ -479,6 +509,10 @@ def command_iam_policy(
             resources.extend(secret_resources(item.reference, scope))
         count = len(set(secrets))
         print(f"{label}: {count} secret{'s' if count != 1 else ''}", file=err)
+    for option, pattern in _stored_layout(setup.backend):
+        # Every id a task looks up is asked under the prefix, the missing ones (aws_default) too.
+        resources.append(f"arn:{scope.partition}:secretsmanager:{scope.region}:{scope.account}:secret:{pattern}")
+        print(f"stored {option.split('_')[0]}: {pattern} ({option})", file=err)
     if broken and not skip_broken:
         print(
             "no policy printed: fix the errors above (a partial policy would fail tasks later), "

@@ -234,3 +234,38 @@ class TestOptions:
         b = SecretsManagerBackend(sep=1, region_name="us-east-1", endpoint_url=stored.endpoint_url)
         assert b.get_config("smtp_password") is None
         assert stored.calls() == 0
+
+
+class TestCommands:
+    """``check`` and ``iam-policy`` see what the drop-in reads: the stored layout first, its prefixes granted."""
+
+    def _run(self, aws: AwsStandIn, *args: str) -> Any:
+        import os
+        import subprocess
+
+        env = dict(
+            os.environ,
+            AIRFLOW__SECRETS__BACKEND="airflow_sm_refs.backend.SecretsManagerBackend",
+            AIRFLOW__SECRETS__BACKEND_KWARGS=json.dumps({"region_name": "us-east-1", "endpoint_url": aws.endpoint_url}),
+        )
+        return subprocess.run(
+            [sys.executable, "-m", "airflow_sm_refs.cli", *args], env=env, capture_output=True, text=True, timeout=120
+        )
+
+    def test_check_resolves_a_stored_connection_and_names_where_it_looked(self, stored: AwsStandIn) -> None:
+        ok = self._run(stored, "check", "with_ref", "--variable", "greeting")
+        assert ok.returncode == 0, ok.stderr[-2000:]
+        assert "connection 'with_ref': 2 references" in ok.stdout and "Variable 'greeting': 1 reference" in ok.stdout
+        missing = self._run(stored, "check", "aws_default")
+        assert missing.returncode == 1
+        assert "looked in Secrets Manager (airflow/connections/*, airflow/variables/*)" in missing.stdout
+        for run in (ok, missing):
+            assert not stored.leaked_in(run.stdout + run.stderr)
+
+    def test_iam_policy_grants_the_prefixes(self, stored: AwsStandIn) -> None:
+        run = self._run(stored, "iam-policy", "with_ref", "--account-id", "123456789012")
+        assert run.returncode == 0, run.stderr[-2000:]
+        resources = json.loads(run.stdout)["Statement"][0]["Resource"]
+        prefix = "arn:aws:secretsmanager:us-east-1:123456789012:secret:"
+        assert {prefix + "airflow/connections/*", prefix + "airflow/variables/*", prefix + "airflow/config/*"} <= set(resources)
+        assert prefix + "partner/api-??????" in resources
