@@ -36,5 +36,8 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": ["airflow_sm_refs.hook"],
             }
         ],
-        "secrets-backends": ["airflow_sm_refs.backend.SecretsManagerRefsBackend"],
+        "secrets-backends": [
+            "airflow_sm_refs.backend.SecretsManagerRefsBackend",
+            "airflow_sm_refs.backend.SecretsManagerBackend",
+        ],
     }

@@ -207,3 +207,19 @@ class TestHookOptions:
 
         with pytest.raises((ValueError, TypeError), match=repr(option)):
             SecretsManagerRefsHook(aws_conn_id=None, **{option: value})
+
+
+def test_every_backend_option_is_in_the_readme_table() -> None:
+    """A user finds each option the backend takes in the README's options table (the keys go to docs/configuration.md)."""
+    import re
+    from pathlib import Path
+
+    from airflow_sm_refs._options import SECRET_OPTIONS
+    from airflow_sm_refs.backend import SecretsManagerRefsBackend
+    from airflow_sm_refs.stored import PROVIDER_PASSED_ON
+
+    readme = Path(__file__).resolve().parent.parent / "README.md"
+    table = readme.read_text().split("## Options (`backend_kwargs`)", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"`([a-z_]+)`", table))
+    wanted = set(SecretsManagerRefsBackend._known_options()) - SECRET_OPTIONS - set(PROVIDER_PASSED_ON) - {"service_config"}
+    assert sorted(wanted - documented) == []

@@ -32,11 +32,11 @@ class TestGetProviderInfo:
         assert info["versions"] == [version("airflow-sm-refs")]
 
     def test_names_classes_that_import(self) -> None:
-        from airflow_sm_refs.backend import SecretsManagerRefsBackend
+        from airflow_sm_refs.backend import SecretsManagerBackend, SecretsManagerRefsBackend
         from airflow_sm_refs.hook import SecretsManagerRefsHook
 
         info = get_provider_info()
-        assert [_import(path) for path in info["secrets-backends"]] == [SecretsManagerRefsBackend]
+        assert [_import(path) for path in info["secrets-backends"]] == [SecretsManagerRefsBackend, SecretsManagerBackend]
         modules = [import_module(m) for hook in info["hooks"] for m in hook["python-modules"]]
         assert any(getattr(m, "SecretsManagerRefsHook", None) is SecretsManagerRefsHook for m in modules)
 
