@@ -111,7 +111,12 @@ def raw_from_chain(method: str, key: str, team_name: str | None = None, backends
     :param backends: the backends to ask; ``None``: the current chain, less this package's backends
     """
     if backends is None:
-        backends = [b for b in later_backends() if not isinstance(b, SecretsManagerRefsBackend)]
+        # This package's backends are asked only for what they read whole from Secrets Manager.
+        backends = [
+            StoredOnly(b) if isinstance(b, SecretsManagerRefsBackend) else b
+            for b in later_backends()
+            if not isinstance(b, SecretsManagerRefsBackend) or any(b.stored.enabled.values())
+        ]
     for backend in backends:
         try:
             found = call_backend(backend, method, key, team_name)
@@ -125,6 +130,19 @@ def raw_from_chain(method: str, key: str, team_name: str | None = None, backends
     if method == "get_connection":
         return last_resort_connection(key, backends)
     return last_resort_variable(key, backends)
+
+
+class StoredOnly:
+    """A backend of this package as a source of raw values: what it reads whole from Secrets Manager, unexpanded."""
+
+    def __init__(self, backend: SecretsManagerRefsBackend) -> None:
+        self.backend = backend
+
+    def get_connection(self, conn_id: str, team_name: str | None = None) -> Any:
+        return self.backend._stored("connection", conn_id, team_name)
+
+    def get_variable(self, key: str, team_name: str | None = None) -> Any:
+        return self.backend._stored("variable", key, team_name)
 
 
 def _json_holds_reference(text: str) -> bool:

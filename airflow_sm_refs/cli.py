@@ -201,19 +201,6 @@ def _one_line(exc: BaseException, limit: int = 300) -> str:
 
 
 # --- finding the raw connection ------------------------------------------------------
-class _StoredSource:
-    """The connections and Variables the backend reads whole from Secrets Manager (``connections_prefix``...)."""
-
-    def __init__(self, backend: Any) -> None:
-        self._backend = backend
-
-    def get_connection(self, conn_id: str) -> Any:
-        return self._backend._stored("connection", conn_id, None)
-
-    def get_variable(self, key: str) -> Any:
-        return self._backend._stored("variable", key, None)
-
-
 def _stored_layout(backend: Any) -> list[tuple[str, str]]:
     """(option, secret-name pattern) for each kind the backend reads whole from Secrets Manager."""
     stored = getattr(backend, "stored", None)
@@ -244,7 +231,9 @@ def _raw_sources(other: Any | None, backend: Any | None = None) -> list[tuple[st
     if "connections_prefix" in layout or "variables_prefix" in layout:
         # The configured backend asks these first, as the provider's backend does.
         names = ", ".join(v for k, v in layout.items() if k != "config_prefix")
-        sources.append((f"Secrets Manager ({names})", _StoredSource(backend)))
+        from airflow_sm_refs.backend import StoredOnly
+
+        sources.append((f"Secrets Manager ({names})", StoredOnly(backend)))
     if other is not None:
         sources.append((type(other).__name__, other))
     sources.append(("environment variables", EnvironmentVariablesBackend()))

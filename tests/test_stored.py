@@ -269,3 +269,20 @@ class TestCommands:
         prefix = "arn:aws:secretsmanager:us-east-1:123456789012:secret:"
         assert {prefix + "airflow/connections/*", prefix + "airflow/variables/*", prefix + "airflow/config/*"} <= set(resources)
         assert prefix + "partner/api-??????" in resources
+
+
+class TestHook:
+    def test_hook_finds_what_the_configured_drop_in_reads_whole(self, stored: AwsStandIn, monkeypatch: pytest.MonkeyPatch) -> None:
+        from airflow_sm_refs.hook import SecretsManagerRefsHook
+        from tests.conftest import reset_airflow_secrets_cache
+
+        monkeypatch.setenv("AIRFLOW__SECRETS__BACKEND", "airflow_sm_refs.backend.SecretsManagerBackend")
+        monkeypatch.setenv(
+            "AIRFLOW__SECRETS__BACKEND_KWARGS", json.dumps({"region_name": "us-east-1", "endpoint_url": stored.endpoint_url})
+        )
+        reset_airflow_secrets_cache()
+        aws_conn = {"region_name": "us-east-1", "endpoint_url": stored.endpoint_url}
+        set_conn(monkeypatch, "aws_refs", {"conn_type": "aws", "login": "testing", "password": "testing", "extra": aws_conn})
+        hook = SecretsManagerRefsHook(aws_conn_id="aws_refs")
+        assert hook.get_resolved_connection("with_ref").password == API_TOKEN
+        assert hook.get_resolved_variable("greeting") == f"hello {API_TOKEN}"
