@@ -460,6 +460,29 @@ class AirflowStandalone:
         with self.cfg_path.open("w") as fh:
             parser.write(fh)
 
+    @property
+    def plugin_from_wheel(self) -> bool:
+        """Whether the venv holds the plugin as an installed wheel (the compat venvs), not an editable install."""
+        site = Path(self.airflow_bin).parent.parent / "lib"
+        return any(site.glob("python3*/site-packages/airflow_sm_refs/__init__.py"))
+
+    def _import_root(self) -> str:
+        """What Airflow's processes find first on ``sys.path``: the repo's test helpers, and the plugin only if no wheel is installed.
+
+        With the plugin installed as a wheel, the processes must run that wheel,
+        not this tree: they get a folder holding only ``standins`` and ``tests``
+        (the test DAGs import them).
+        """
+        if not self.plugin_from_wheel:
+            return str(_REPO_ROOT)
+        root = self.home / "import-root"
+        root.mkdir(exist_ok=True)
+        for name in ("standins", "tests"):
+            link = root / name
+            if not link.exists():
+                link.symlink_to(_REPO_ROOT / name, target_is_directory=True)
+        return str(root)
+
     def _build_env(self, extra: Mapping[str, str]) -> dict[str, str]:
         """Return os.environ minus inherited Airflow settings, plus AIRFLOW_HOME, PYTHONPATH and `extra`."""
         env = {
@@ -473,7 +496,7 @@ class AirflowStandalone:
         env["AIRFLOW_CONFIG"] = str(self.cfg_path)
         # The venv's bin first, so `airflow`/`python` invoked by tasks or Airflow itself match ours.
         env["PATH"] = os.pathsep.join([str(Path(self.airflow_bin).parent), env.get("PATH", "")])
-        env["PYTHONPATH"] = os.pathsep.join(p for p in [str(_REPO_ROOT), env.get("PYTHONPATH", "")] if p)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in [self._import_root(), env.get("PYTHONPATH", "")] if p)
         # Task processes call the Execution API over HTTP (httpx honours *_PROXY); keep it local.
         no_proxy = ",".join(p for p in ["127.0.0.1", "localhost", env.get("NO_PROXY", "")] if p)
         env["NO_PROXY"] = env["no_proxy"] = no_proxy
