@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 COMPAT_LINES ?= 2.10.3 2.11.0 3.0.6 3.1.8 3.2.1
 # The test modules marked `compat`: only these are collected on older lines,
 # so a module written for the newest Airflow is never imported there.
-COMPAT_TESTS ?= $(shell grep -l '^pytestmark = .*pytest.mark.compat' tests/test_*.py)
+COMPAT_TESTS ?= $(shell grep -lE '^(pytestmark|compat) = .*pytest\.mark\.compat' tests/test_*.py)
 
 .PHONY: venv test e2e e2e-celery demo bench clean test-compat compat-venvs compat-smoke dist
 
