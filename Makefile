@@ -56,6 +56,7 @@ bench: venv
 	$(BIN)/python benchmarks/worker_cache.py
 	$(BIN)/python benchmarks/aws_calls.py
 	$(BIN)/python benchmarks/task_start.py --runs 7
+	$(BIN)/python benchmarks/provider_backend.py
 	$(BIN)/python benchmarks/charts.py
 
 # Every line is run even when one fails; the target fails at the end if any
