@@ -18,7 +18,7 @@ COMPAT_TESTS ?= $(shell grep -lE '^(pytestmark|compat) = .*pytest\.mark\.compat'
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check uv || true
-	if [ -x $(BIN)/uv ] && $(BIN)/uv pip install -q --python $(BIN)/python -c constraints.txt -e '.[test,bench]'; then \
+	if [ -x $(BIN)/uv ] && $(BIN)/uv pip install -q --compile-bytecode --python $(BIN)/python -c constraints.txt -e '.[test,bench]'; then \
 		:; \
 	else \
 		$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,bench]'; \

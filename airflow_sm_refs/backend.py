@@ -360,11 +360,16 @@ class SecretsManagerRefsBackend(BaseSecretsBackend):
             extra_conn_words=extra_conn_words,
         )
         #: how long a stored id found in no secret is remembered (``aws_default``): as long as a found one
+        ttl = self.cache_settings.cache_ttl_seconds
         self.missing_cache_seconds = (
-            self.cache_settings.cache_ttl_seconds
-            if missing_cache_seconds is None
-            else parse_number(missing_cache_seconds, "missing_cache_seconds")
+            ttl if missing_cache_seconds is None else parse_number(missing_cache_seconds, "missing_cache_seconds")
         )
+        if self.missing_cache_seconds > ttl:
+            # It shortens the window: the per-worker tier keeps no entry past what a found value lives.
+            raise ValueError(
+                f"option 'missing_cache_seconds' ({self.missing_cache_seconds:g}) must not exceed "
+                f"cache_ttl_seconds ({ttl:g}): a missing id is remembered as long as a found one at most"
+            )
         #: whole connections, Variables and config values stored as the Amazon provider stores them
         self.stored = StoredSecrets({**provider_options, **passed_on}, self._stored_payload)
         from airflow_sm_refs.expand import ExpansionMemo

@@ -213,6 +213,7 @@ class TestOptions:
             ({"extra_conn_words": {"user": "u"}}, "extra_conn_words"),
             ({"variables_prefix": 3}, "variables_prefix"),
             ({"missing_cache_seconds": -1}, "missing_cache_seconds"),
+            ({"missing_cache_seconds": 3600}, "must not exceed cache_ttl_seconds"),
             ({"conections_prefix": "x"}, "did you mean 'connections_prefix'"),
         ],
     )
