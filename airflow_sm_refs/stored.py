@@ -115,18 +115,33 @@ class _Exceptions:
 
 
 class _CachedClient:
-    """The part of a Secrets Manager client the provider's backend calls, answered from the cache tiers."""
+    """The part of a Secrets Manager client the provider's backend calls, answered from the cache tiers.
+
+    Like the provider's client, it asks one region: an ARN of another region
+    (a ``connections_prefix`` such as ``arn:aws:secretsmanager:eu-west-1:...``
+    on a backend in ``us-east-1``) is not found there, and is never looked up
+    in its own region, as a reference by ARN would be.
+    """
 
     exceptions = _Exceptions
 
-    def __init__(self, payload: Callable[[SecretReference], Any]) -> None:
+    def __init__(self, payload: Callable[[SecretReference], Any], own_region: Callable[[], str | None] | None = None) -> None:
         self._payload = payload
+        self._own_region = own_region
 
     def get_secret_value(self, SecretId: str, **kwargs: Any) -> dict[str, Any]:  # noqa: N803 - boto3's name
         if kwargs or not isinstance(SecretId, str) or not is_secret_id(SecretId):
             # An id AWS would refuse (a custom ``sep`` such as ``:``, a space in the id): never asked.
             raise SecretNotFoundError(f"{SecretId!r} cannot name a secret", reference=str(SecretId)[:200])
-        payload = self._payload(SecretReference(text=SecretId, key="", secret_id=SecretId))
+        ref = SecretReference(text=SecretId, key="", secret_id=SecretId)
+        own = self._own_region() if ref.region is not None and self._own_region is not None else None
+        if own is not None and ref.region != own:
+            raise SecretNotFoundError(
+                f"{SecretId!r} is an ARN in {ref.region}; this backend's client asks {own} only, as the "
+                "Amazon provider's does",
+                reference=SecretId,
+            )
+        payload = self._payload(ref)
         answer: dict[str, Any] = {"ARN": payload.arn, "Name": payload.name}
         if payload.string is not None:
             answer["SecretString"] = payload.string
@@ -135,17 +150,41 @@ class _CachedClient:
         return answer
 
 
+def _region_of_payload_owner(payload: Callable[[SecretReference], Any]) -> Callable[[], str | None] | None:
+    """The region the backend whose bound method ``payload`` is looks plain names up in (its default client's).
+
+    What the provider's client is built for from the same options (``region_name``,
+    the profile's, boto3's default): the one region the provider ever asks.
+    """
+    owner = getattr(payload, "__self__", None)
+    if owner is None or not hasattr(type(owner), "resolver"):
+        return None
+
+    def region() -> str | None:
+        return owner.resolver.clients.client(None).meta.region_name
+
+    return region
+
+
 class StoredSecrets:
     """Lookups of whole stored connections, Variables and config values, parsed by the provider's class.
 
     :param options: the provider's options (:data:`PROVIDER_OPTIONS`, :data:`PROVIDER_PASSED_ON`)
     :param payload: fetches a secret's payload through the cache tiers; raises
         :class:`SecretNotFoundError` when AWS says it does not exist
+    :param own_region: the region the provider's client would ask (ARNs of any other are not found).
+        ``None``: that of the backend ``payload`` is a method of, else every ARN is asked in its region
     """
 
-    def __init__(self, options: dict[str, Any], payload: Callable[[SecretReference], Any]) -> None:
+    def __init__(
+        self,
+        options: dict[str, Any],
+        payload: Callable[[SecretReference], Any],
+        own_region: Callable[[], str | None] | None = None,
+    ) -> None:
         self._options = options
         self._payload = payload
+        self._own_region = own_region if own_region is not None else _region_of_payload_owner(payload)
 
     @property
     def enabled(self) -> dict[str, bool]:
@@ -163,7 +202,7 @@ class StoredSecrets:
 
         backend = SecretsManagerBackend(**self._options)
         # ``client`` is a cached_property there: an instance attribute takes its place.
-        backend.__dict__["client"] = _CachedClient(self._payload)
+        backend.__dict__["client"] = _CachedClient(self._payload, self._own_region)
         return backend
 
     def secret_id(self, kind: str, key: str) -> str | None:
