@@ -55,6 +55,7 @@ __all__ = [
     "mask_secret",
     "min_masked_length",
     "not_found_errors",
+    "prints_configuration",
     "process_role",
     "redact",
     "reset_secrets_masker",
@@ -186,6 +187,11 @@ def _airflow_command(argv: Sequence[str] | None = None) -> tuple[str, ...]:
         words = tuple(a for a in args if not a.startswith("-"))[:2]
         return words
     return ()
+
+
+def prints_configuration(argv: Sequence[str] | None = None) -> bool:
+    """Whether this process is ``airflow config ...``, which prints the settings it reads."""
+    return _airflow_command(argv)[:1] == ("config",)
 
 
 def _code_of(module_name: str, names: frozenset[str]) -> frozenset[Any]:

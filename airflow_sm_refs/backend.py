@@ -26,6 +26,7 @@ from airflow_sm_refs._compat import (
     last_resort_connection,
     last_resort_variable,
     later_backends,
+    prints_configuration,
     process_role,
 )
 from airflow_sm_refs._exceptions import (
@@ -35,6 +36,7 @@ from airflow_sm_refs._exceptions import (
     SecretLookupAborted,
     SecretReferenceError,
 )
+from airflow_sm_refs.stored import StoredSecrets
 from airflow_sm_refs._options import parse_bool, parse_dict, parse_number, parse_str, parse_verify, unknown_option
 
 if TYPE_CHECKING:
@@ -277,6 +279,8 @@ class SecretsManagerRefsBackend(BaseSecretsBackend):
         super().__init__()
         #: what is wrong with the options (one line, naming the option), or ``None``
         self.option_error: str | None = None
+        #: whole stored connections, Variables and config values: none until the options say which
+        self.stored = StoredSecrets({}, self._stored_payload)
         options = {name: value for name, value in locals().items() if name not in ("self", "kwargs", "__class__")}
         try:
             self._parse_options(**options, **kwargs)
@@ -316,7 +320,7 @@ class SecretsManagerRefsBackend(BaseSecretsBackend):
         missing_cache_seconds: Any,
         **kwargs: Any,
     ) -> None:
-        from airflow_sm_refs.stored import PROVIDER_PASSED_ON, StoredSecrets, parse_provider_options
+        from airflow_sm_refs.stored import PROVIDER_PASSED_ON, parse_provider_options
 
         unknown = sorted(set(kwargs) - set(AWS_CONNECTION_KWARGS) - set(PROVIDER_PASSED_ON))
         if unknown:
@@ -371,7 +375,7 @@ class SecretsManagerRefsBackend(BaseSecretsBackend):
                 f"cache_ttl_seconds ({ttl:g}): a missing id is remembered as long as a found one at most"
             )
         #: whole connections, Variables and config values stored as the Amazon provider stores them
-        self.stored = StoredSecrets({**provider_options, **passed_on}, self._stored_payload)
+        self.stored = StoredSecrets({**provider_options, **passed_on}, self._stored_payload, self._client_region)
         from airflow_sm_refs.expand import ExpansionMemo
 
         #: this backend's recent expansions (its allowlists and identity are fixed, so they hold for it alone)
@@ -413,7 +417,16 @@ class SecretsManagerRefsBackend(BaseSecretsBackend):
         """The resolver for whole stored secrets: the same tiers, but "not found" is remembered as long as a value."""
         import dataclasses
 
-        return dataclasses.replace(self.resolver, negative_cache_seconds=self.missing_cache_seconds)
+        # Not found: remembered for missing_cache_seconds. Denied (a credential hiccup too): as for references.
+        resolver = dataclasses.replace(self.resolver, not_found_cache_seconds=self.missing_cache_seconds)
+        if not (process_role().resolves or self.resolve_on_server):
+            # A server answers stored secrets as the provider does, and like it keeps none on its disk.
+            resolver = dataclasses.replace(resolver, shared=None)
+        return resolver
+
+    def _client_region(self) -> str | None:
+        """The one region the provider's client would ask: its default client's (options, profile, boto3)."""
+        return self.resolver.clients.client(None).meta.region_name
 
     def _stored_payload(self, ref: Any) -> Any:
         """The payload of a stored secret through the cache tiers (what the provider's client call becomes)."""
@@ -686,7 +699,9 @@ class SecretsManagerRefsBackend(BaseSecretsBackend):
         """A config value stored under ``config_prefix`` (off unless set), its references expanded.
 
         Airflow's own components read these (``sql_alchemy_conn_secret``...), so
-        a stored config value is answered, and expanded, in every process.
+        a stored config value is answered, and expanded, in every process that
+        needs the setting (``airflow db migrate`` too), except ``airflow config``,
+        which prints it: that gets the reference as stored.
         """
         if self.option_error is not None:
             # Read by every component while it starts: logged once, never raised from here.
@@ -700,7 +715,8 @@ class SecretsManagerRefsBackend(BaseSecretsBackend):
             if not first:
                 return None
             raw = self._stored("config", key, None)
-            if raw is None or not _holds_references(raw, "variable"):
+            if raw is None or not _holds_references(raw, "variable") or prints_configuration():
+                # `airflow config get-value/list` prints what it reads: it gets the reference as stored.
                 return raw
             try:
                 return self._expansion(key, "config").variable(raw)

@@ -14,9 +14,9 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, Union
 
 __all__ = ["TTLCache", "CacheResult", "copy_error", "jittered_ttl"]
 
@@ -54,6 +54,25 @@ def copy_error(exc: BaseException) -> BaseException:
     copy.__cause__ = exc.__cause__
     copy.__suppress_context__ = exc.__suppress_context__
     return copy.with_traceback(exc.__traceback__)
+
+
+#: how long a remembered failure is raised again: one number for every kind of failure,
+#: or one per error class name (``SecretNotFoundError``, ``SecretAccessDeniedError``)
+FailureWindow = Union[float, Mapping[str, float]]
+
+
+def window_for(window: FailureWindow, kind: str) -> float:
+    """The seconds ``window`` gives a failure of class ``kind``."""
+    if isinstance(window, Mapping):
+        return float(window.get(kind, 0.0))
+    return float(window)
+
+
+def longest(window: FailureWindow) -> float:
+    """The longest seconds ``window`` gives any failure (0: none is remembered)."""
+    if isinstance(window, Mapping):
+        return max((float(w) for w in window.values()), default=0.0)
+    return float(window)
 
 
 @dataclass
@@ -188,16 +207,16 @@ class TTLCache(Generic[V]):
             while len(self._entries) > self.maxsize:
                 self._entries.popitem(last=False)
 
-    def recent_failure(self, key: Hashable, window: float) -> BaseException | None:
-        """A copy of the failure remembered for ``key`` if it is less than ``window`` seconds old, else ``None``."""
-        if window <= 0:
+    def recent_failure(self, key: Hashable, window: FailureWindow) -> BaseException | None:
+        """A copy of the failure remembered for ``key`` if it is less than its ``window`` old, else ``None``."""
+        if longest(window) <= 0:
             return None
         with self._lock:
             remembered = self._failures.get(key)
             if remembered is None:
                 return None
             exc, at = remembered
-            if not at <= self.timer() < at + window:
+            if not at <= self.timer() < at + window_for(window, type(exc).__name__):
                 return None
         return copy_error(exc)
 

@@ -28,7 +28,7 @@ from airflow_sm_refs._exceptions import (
     SecretReferenceError,
 )
 from airflow_sm_refs._metrics import count
-from airflow_sm_refs.cache import TTLCache
+from airflow_sm_refs.cache import FailureWindow, TTLCache, longest
 from airflow_sm_refs.fetch import (
     BATCH_LIMIT,
     BatchNotAllowed,
@@ -38,7 +38,7 @@ from airflow_sm_refs.fetch import (
     fetch_secret,
 )
 from airflow_sm_refs.reference import SecretReference
-from airflow_sm_refs.secret_ids import OWN_ACCOUNTS, every_spelling, full_arn, is_name, region_of, same_secret_ids
+from airflow_sm_refs.secret_ids import OWN_ACCOUNTS, every_spelling, is_name, region_of, same_secret_ids
 
 __all__ = ["CacheSettings", "SecretResolver", "PROCESS_CACHE", "ResolvedSecret", "clear_process_cache"]
 
@@ -76,7 +76,7 @@ class SharedTier(Protocol):
         *,
         ttl: float,
         stale_if_error: float,
-        negative_ttl: float = 0.0,
+        negative_ttl: FailureWindow = 0.0,
     ) -> tuple[SecretPayload, str, float]:
         """Return the payload, its source (``aws``, ``worker cache``...) and its age: seconds since it was fetched.
 
@@ -86,7 +86,7 @@ class SharedTier(Protocol):
         """
         ...
 
-    def fresh(self, key: tuple[str, ...], ttl: float, negative_ttl: float = 0.0) -> bool:
+    def fresh(self, key: tuple[str, ...], ttl: float, negative_ttl: FailureWindow = 0.0) -> bool:
         """Whether a lookup of ``key`` would be answered without AWS (a fresh value or a remembered answer)."""
         ...
 
@@ -158,7 +158,19 @@ class SecretResolver:
     cache: TTLCache[SecretPayload] = field(default_factory=lambda: PROCESS_CACHE)
     shared: SharedTier | None = None
     negative_cache_seconds: float = 0.0
+    #: how long a not-found answer is remembered, when not ``negative_cache_seconds`` (a denial keeps that)
+    not_found_cache_seconds: float | None = None
     _local: threading.local = field(default_factory=threading.local, repr=False)
+
+    @property
+    def negative_window(self) -> FailureWindow:
+        """How long each kind of remembered answer is raised again without asking AWS."""
+        if self.not_found_cache_seconds is None:
+            return self.negative_cache_seconds
+        return {
+            SecretNotFoundError.__name__: self.not_found_cache_seconds,
+            SecretAccessDeniedError.__name__: self.negative_cache_seconds,
+        }
 
     def cache_key(self, ref: SecretReference) -> tuple[str, ...]:
         """(identity, region, secret, version): what one cache entry holds."""
@@ -169,7 +181,7 @@ class SecretResolver:
     def payload(self, ref: SecretReference) -> tuple[SecretPayload, str]:
         """The secret's payload for ``ref`` and where it came from."""
         key = self.cache_key(ref)
-        negative_ttl = self.negative_cache_seconds
+        negative_ttl = self.negative_window
         remembered = self.cache.recent_failure(key, negative_ttl)
         if remembered is not None:
             count("negative_hit")
@@ -221,7 +233,7 @@ class SecretResolver:
                 held_arn = getattr(exc, "held_arn", None) or (previous.arn if previous is not None else None)
                 held_name = getattr(exc, "held_name", None) or (previous.name if previous is not None else None)
                 self._forget(key, exc, held_arn, held_name)
-            if negative_ttl > 0:
+            if longest(negative_ttl) > 0:
                 # Only the failure is remembered, never a value: no revocation waits on it.
                 self.cache.remember_failure(key, exc, age=age[0])
             raise
@@ -291,7 +303,9 @@ class SecretResolver:
         wide = set(every_spelling(asked))
         if held_arn:
             wide |= set(every_spelling(held_arn, held_name))
-        arn = held_arn or (asked if full_arn(asked) else None)
+        # Only an ARN AWS answered with is known to be this secret's: a full ARN that was merely
+        # asked may be mistyped (another suffix), and its "not found" says nothing of the name's secret.
+        arn = held_arn
         strict = {asked}
         if arn is not None:
             own = OWN_ACCOUNTS.get(identity)
@@ -331,9 +345,9 @@ class SecretResolver:
     def _answered_without_aws(self, key: tuple[str, ...]) -> bool:
         if self.cache.peek(key, self.cache_ttl_seconds) is not None:
             return True
-        if self.cache.recent_failure(key, self.negative_cache_seconds) is not None:
+        if self.cache.recent_failure(key, self.negative_window) is not None:
             return True
-        return self.shared is not None and self.shared.fresh(key, self.cache_ttl_seconds, self.negative_cache_seconds)
+        return self.shared is not None and self.shared.fresh(key, self.cache_ttl_seconds, self.negative_window)
 
     def prefetch(self, refs: list[SecretReference]) -> set[tuple[str, ...]]:
         """Fetch in batches the secrets of ``refs`` that no tier holds, when two or more of one region do.
@@ -414,7 +428,7 @@ class SecretResolver:
                         key, result, ttl=self.cache_ttl_seconds, stale_if_error=self.stale_if_error_seconds
                     )
                 self._forget(key, result, held.arn if held else None, held.name if held else None)
-                if self.negative_cache_seconds > 0:
+                if longest(self.negative_window) > 0:
                     # ...and the answer is remembered; resolve() raises it in its place.
                     self.cache.remember_failure(key, result)
         log.info(

@@ -150,30 +150,14 @@ class _CachedClient:
         return answer
 
 
-def _region_of_payload_owner(payload: Callable[[SecretReference], Any]) -> Callable[[], str | None] | None:
-    """The region the backend whose bound method ``payload`` is looks plain names up in (its default client's).
-
-    What the provider's client is built for from the same options (``region_name``,
-    the profile's, boto3's default): the one region the provider ever asks.
-    """
-    owner = getattr(payload, "__self__", None)
-    if owner is None or not hasattr(type(owner), "resolver"):
-        return None
-
-    def region() -> str | None:
-        return owner.resolver.clients.client(None).meta.region_name
-
-    return region
-
-
 class StoredSecrets:
     """Lookups of whole stored connections, Variables and config values, parsed by the provider's class.
 
     :param options: the provider's options (:data:`PROVIDER_OPTIONS`, :data:`PROVIDER_PASSED_ON`)
     :param payload: fetches a secret's payload through the cache tiers; raises
         :class:`SecretNotFoundError` when AWS says it does not exist
-    :param own_region: the region the provider's client would ask (ARNs of any other are not found).
-        ``None``: that of the backend ``payload`` is a method of, else every ARN is asked in its region
+    :param own_region: the region the provider's client would ask (ARNs of any other are not found);
+        ``None``: every ARN is asked in its own region
     """
 
     def __init__(
@@ -184,7 +168,7 @@ class StoredSecrets:
     ) -> None:
         self._options = options
         self._payload = payload
-        self._own_region = own_region if own_region is not None else _region_of_payload_owner(payload)
+        self._own_region = own_region
 
     @property
     def enabled(self) -> dict[str, bool]:

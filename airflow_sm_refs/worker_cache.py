@@ -47,6 +47,7 @@ from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import replace
 
 from airflow_sm_refs._exceptions import SecretFetchError
+from airflow_sm_refs.cache import FailureWindow, window_for
 from airflow_sm_refs._private_dir import _open_private_dir
 # "X as X": names other modules and tests import from here, though they live in the parts.
 from airflow_sm_refs._worker_entry import _decode as _decode
@@ -150,7 +151,7 @@ class WorkerCache:
         *,
         ttl: float,
         stale_if_error: float,
-        negative_ttl: float = 0.0,
+        negative_ttl: FailureWindow = 0.0,
     ) -> tuple[SecretPayload, str, float]:
         """Return the payload for ``key``, its source and its age (seconds since it was fetched).
 
@@ -256,7 +257,7 @@ class WorkerCache:
         return entry.payload, "worker cache (stale)", now - entry.fetched_at
 
     # --- batches and other spellings ---------------------------------------
-    def fresh(self, key: tuple[str, ...], ttl: float, negative_ttl: float = 0.0) -> bool:
+    def fresh(self, key: tuple[str, ...], ttl: float, negative_ttl: FailureWindow = 0.0) -> bool:
         """Whether a lookup of ``key`` would be answered from this tier without AWS: a fresh
         value, or a not-found or denied answer within ``negative_ttl``."""
         if ttl <= 0 or self._dir_fd is None:
@@ -394,15 +395,15 @@ class WorkerCache:
 _NEGATIVE_KINDS = frozenset({"SecretNotFoundError", "SecretAccessDeniedError"})
 
 
-def _raise_if_remembered(entry: _Entry, now: float, negative_ttl: float) -> None:
+def _raise_if_remembered(entry: _Entry, now: float, negative_ttl: FailureWindow) -> None:
     """Raise the not-found or denied answer ``entry`` records, if it is less than ``negative_ttl`` old.
 
     Only a failure is remembered, never a value: a revocation is not delayed.
     """
     failure = entry.failure
-    if negative_ttl <= 0 or entry.payload is not None or failure is None or failure.kind not in _NEGATIVE_KINDS:
+    if entry.payload is not None or failure is None or failure.kind not in _NEGATIVE_KINDS:
         return
-    if entry.fetched_at <= now < entry.fetched_at + negative_ttl:
+    if entry.fetched_at <= now < entry.fetched_at + window_for(negative_ttl, failure.kind):
         error = failure.error()
         error.remembered_age = now - entry.fetched_at
         raise error

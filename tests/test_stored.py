@@ -151,6 +151,30 @@ class TestFallingThrough:
             assert backend(stored).get_connection("plain").password == "env-password"
         assert any("airflow/connections/plain" in r.getMessage() and "next backend" in r.getMessage() for r in caplog.records)
 
+    def test_a_denial_is_remembered_as_briefly_as_for_references(self, stored: AwsStandIn, monkeypatch: pytest.MonkeyPatch) -> None:
+        set_conn(monkeypatch, "plain", {"conn_type": "generic_api", "password": "env-password"})
+        b = backend(stored, negative_cache_seconds=0)
+        with stored.failing(ACCESS_DENIED):
+            assert b.get_connection("plain").password == "env-password"
+        # access is back: the stored connection at once, not the next backend's for missing_cache_seconds
+        assert b.get_connection("plain").password == PASSWORD
+
+    def test_a_mistyped_arn_elsewhere_never_hides_a_stored_connection(
+        self, stored: AwsStandIn, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        from airflow_sm_refs._exceptions import SecretNotFoundError, SecretLookupAborted
+
+        set_conn(monkeypatch, "plain", {"conn_type": "generic_api", "password": "env-password"})
+        b = backend(stored)
+        assert b.get_connection("plain").password == PASSWORD
+        arn = b.resolver.payload(__import__("airflow_sm_refs.reference", fromlist=["parse_reference"]).parse_reference(
+            "{{workato:sm::airflow/connections/plain}}"))[0].arn
+        wrong = arn[:-6] + "ZZZZZZ"
+        set_conn(monkeypatch, "typo", {"conn_type": "generic_api", "password": "{{workato:sm::" + wrong + "}}"})
+        with pytest.raises((SecretNotFoundError, SecretLookupAborted)):
+            b.get_connection("typo")
+        assert b.get_connection("plain").password == PASSWORD
+
     def test_throttled_without_a_value_falls_through(self, stored: AwsStandIn, monkeypatch: pytest.MonkeyPatch) -> None:
         set_conn(monkeypatch, "plain", {"conn_type": "generic_api", "password": "env-password"})
         with stored.failing(THROTTLING):
@@ -180,6 +204,22 @@ class TestProcessRoles:
         assert b.get_connection("aws_default") is None
         assert stored.calls("GetSecretValue") == 3  # the two stored secrets and the missing id; never partner/api
 
+    def test_a_server_keeps_no_stored_secret_in_the_worker_cache(self, stored: AwsStandIn, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(sys, "argv", _airflow("api-server"))
+        b = backend(stored)
+        assert b.get_connection("plain").password == PASSWORD
+        assert b.resolver.shared is not None and b.resolver.shared.peek(b.resolver.cache_key(
+            __import__("airflow_sm_refs.reference", fromlist=["parse_reference"]).parse_reference(
+                "{{workato:sm::airflow/connections/plain}}"))) is None
+
+    def test_a_bad_option_leaves_the_hook_a_clear_error(self, stored: AwsStandIn, monkeypatch: pytest.MonkeyPatch) -> None:
+        from airflow_sm_refs.backend import SecretsManagerBackend, raw_from_chain
+
+        set_conn(monkeypatch, "plain", {"conn_type": "generic_api", "password": "env-password"})
+        broken = SecretsManagerBackend(sep=1)
+        assert raw_from_chain("get_connection", "plain", backends=None if False else [broken][:0] or None) is not None
+        assert broken.stored.enabled == {"connection": False, "variable": False, "config": False}
+
     def test_cli_never_prints_a_resolved_reference(self, stored: AwsStandIn, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(sys, "argv", _airflow("connections", "get", "with_ref"))
         conn = backend(stored).get_connection("with_ref")
@@ -195,6 +235,12 @@ class TestProcessRoles:
         with pytest.raises((ReferenceNotAllowedError, SecretLookupAborted), match="with_ref"):
             b.get_connection("with_ref")
         assert PARSE_ERRORS_MAY_ABORT in (True, False)
+
+    def test_airflow_config_prints_a_config_reference_as_stored(self, stored: AwsStandIn, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(sys, "argv", _airflow("config", "get-value", "smtp", "smtp_password"))
+        assert backend(stored).get_config("smtp_password") == "{{workato:sm:pw:config/smtp}}"
+        monkeypatch.setattr(sys, "argv", _airflow("db", "migrate"))  # needs the setting itself
+        assert backend(stored).get_config("smtp_password") == CONFIG_SECRET
 
     def test_trigger_event_loop_gets_the_expanded_connection(self, stored: AwsStandIn) -> None:
         import asyncio
