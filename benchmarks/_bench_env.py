@@ -7,9 +7,18 @@ import json
 import os
 import sys
 import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+
+#: when the benchmark started and how busy the machine was then (before the benchmark's own
+#: work), saved with its results: a chart's caption says what machine and load its figures had
+RUN = {
+    "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    "cpus": os.cpu_count(),
+    "load_average_start": list(os.getloadavg()),
+}
 
 
 def prepare() -> Path:
@@ -29,6 +38,7 @@ RESULTS = Path(os.environ.get("BENCH_RESULTS_DIR", ROOT / "benchmarks" / "result
 
 
 def save_results(name: str, data: dict) -> None:
-    """Write ``data`` as ``<RESULTS>/<name>.json``."""
+    """Write ``data`` as ``<RESULTS>/<name>.json``, with :data:`RUN` and the load average now under ``run``."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=1))
+    run = {**RUN, "load_average_end": list(os.getloadavg())}
+    (RESULTS / f"{name}.json").write_text(json.dumps({"run": run, **data}, indent=1))

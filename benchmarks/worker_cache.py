@@ -180,6 +180,7 @@ def main() -> None:
         "worker_cache",
         {
             "sizes": args.sizes,
+            "repeat": args.repeat,
             "bursts": [
                 {"mode": mode, "n": n, "phase": phase, "aws_calls": calls, "wall_ms": ms}
                 for (mode, n, phase), (calls, ms) in bursts.items()
