@@ -39,6 +39,7 @@ AWS_CONNECTION_KWARGS = (
     "aws_secret_access_key",
     "aws_session_token",
     "service_config",
+    "session_kwargs",
 )
 
 class RegionalClients:

@@ -89,7 +89,7 @@ _PARSE_TIME_FAIL_CLOSED_ROLES = _FAIL_CLOSED_ROLES | ({ProcessRole.PARSER} if PA
 #: what the backend does in this process with a value that holds references
 _RESOLVE, _STEP_ASIDE, _REFUSE = "resolve", "step aside", "refuse"
 
-_DICT_OPTIONS = frozenset({"assume_role_kwargs", "config_kwargs", "service_config"})
+_DICT_OPTIONS = frozenset({"assume_role_kwargs", "config_kwargs", "service_config", "session_kwargs"})
 
 
 def parse_aws_option(name: str, value: Any) -> Any:
@@ -436,7 +436,19 @@ class SecretsManagerRefsBackend(BaseSecretsBackend):
 
         if not self.policy.secret_allowed(ref):
             # Outside allowed_secrets: never asked of AWS, as if it were not stored.
-            log.debug("stored secret %s is outside allowed_secrets; not looked up", ref.secret_id)
+            if "allowed_secrets" not in _OPTION_ERRORS_LOGGED:
+                # Once per process: a drop-in user who set allowed_secrets for references alone
+                # would otherwise see every stored connection vanish without a word.
+                _OPTION_ERRORS_LOGGED.add("allowed_secrets")
+                log.warning(
+                    "stored secret %s is not admitted by allowed_secrets, so it is not looked up in Secrets "
+                    "Manager and the next backend is asked; to read stored connections, Variables or config, "
+                    "add their prefixes to allowed_secrets (e.g. %r)",
+                    ref.secret_id,
+                    ref.secret_id.rsplit("/", 1)[0] + "/*" if "/" in ref.secret_id else ref.secret_id,
+                )
+            else:
+                log.debug("stored secret %s is outside allowed_secrets; not looked up", ref.secret_id)
             raise SecretNotFoundError(f"{ref.secret_id!r} is outside allowed_secrets", reference=ref.secret_id)
         started = time.perf_counter()
         try:
