@@ -134,6 +134,20 @@ class TestWhatIsLookedUp:
         assert not_this_secret.get_connection("plain").password == "env-password"
         assert stored.calls() == 0
 
+    def test_allowed_secrets_that_hide_stored_ids_say_so_once(
+        self, stored: AwsStandIn, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        import airflow_sm_refs.backend as module
+
+        monkeypatch.setattr(module, "_OPTION_ERRORS_LOGGED", set())
+        b = backend(stored, allowed_secrets=["partner/*"])
+        with caplog.at_level(logging.WARNING, logger="airflow_sm_refs"):
+            assert b.get_connection("aws_default") is None
+            assert b.get_variable("greeting") is None
+        warnings = [r.getMessage() for r in caplog.records if "allowed_secrets" in r.getMessage()]
+        assert len(warnings) == 1 and "'airflow/connections/*'" in warnings[0]
+        assert stored.calls() == 0
+
     def test_a_secret_id_aws_would_refuse_is_never_asked(self, stored: AwsStandIn) -> None:
         assert backend(stored).get_connection("has space") is None
         assert backend(stored, sep=":").get_connection("plain") is None
