@@ -134,17 +134,34 @@ def raw_from_chain(method: str, key: str, team_name: str | None = None, backends
     return last_resort_variable(key, backends)
 
 
-class StoredOnly:
-    """A backend of this package as a source of raw values: what it reads whole from Secrets Manager, unexpanded."""
+class StoredNotRead(Exception):  # noqa: N818 - what check reports for a stored secret it could not use
+    """Why a stored secret gave nothing although it may exist (denied, unreadable, not admitted); names no value."""
 
-    def __init__(self, backend: SecretsManagerRefsBackend) -> None:
+
+class StoredOnly:
+    """A backend of this package as a source of raw values: what it reads whole from Secrets Manager, unexpanded.
+
+    :param explain: raise :class:`StoredNotRead` where nothing came back for a reason other than
+        "not found" (``check`` shows it), instead of answering ``None``
+    """
+
+    def __init__(self, backend: SecretsManagerRefsBackend, *, explain: bool = False) -> None:
         self.backend = backend
+        self.explain = explain
+
+    def _get(self, kind: str, key: str, team_name: str | None) -> Any:
+        found = self.backend._stored(kind, key, team_name)
+        if found is None and self.explain:
+            why = self.backend.stored.why_not.get(self.backend.stored.secret_id(kind, key) or key)
+            if why is not None:
+                raise StoredNotRead(why)
+        return found
 
     def get_connection(self, conn_id: str, team_name: str | None = None) -> Any:
-        return self.backend._stored("connection", conn_id, team_name)
+        return self._get("connection", conn_id, team_name)
 
     def get_variable(self, key: str, team_name: str | None = None) -> Any:
-        return self.backend._stored("variable", key, team_name)
+        return self._get("variable", key, team_name)
 
 
 def _json_holds_reference(text: str) -> bool:
@@ -436,6 +453,7 @@ class SecretsManagerRefsBackend(BaseSecretsBackend):
 
         if not self.policy.secret_allowed(ref):
             # Outside allowed_secrets: never asked of AWS, as if it were not stored.
+            self.stored.why_not[ref.secret_id] = f"{ref.secret_id} not looked up: not admitted by allowed_secrets"
             if "allowed_secrets" not in _OPTION_ERRORS_LOGGED:
                 # Once per process: a drop-in user who set allowed_secrets for references alone
                 # would otherwise see every stored connection vanish without a word.
@@ -469,9 +487,11 @@ class SecretsManagerRefsBackend(BaseSecretsBackend):
         """What the provider's layout holds for ``key`` (a connection or a string), or ``None``."""
         if not self.stored.enabled[kind]:
             return None
-        if kind == "connection" and not self.policy.conn_allowed(key):
-            return None
-        if kind == "variable" and not self.policy.variable_allowed(key):
+        if (kind == "connection" and not self.policy.conn_allowed(key)) or (
+            kind == "variable" and not self.policy.variable_allowed(key)
+        ):
+            option = "allowed_conn_ids" if kind == "connection" else "allowed_variables"
+            self.stored.why_not[self.stored.secret_id(kind, key) or key] = f"not looked up: not admitted by {option}"
             return None
         found = self.stored.lookup(kind, key, team_name, connection_class_of(self))
         password = getattr(found, "password", None) if kind == "connection" else None

@@ -179,6 +179,10 @@ def _configured_backend() -> ConfiguredBackend:
 
 def _safe_reason(exc: BaseException) -> str:
     """Why a source could not be read, without anything the error quotes from the stored value."""
+    from airflow_sm_refs.backend import StoredNotRead
+
+    if isinstance(exc, StoredNotRead):
+        return str(exc)  # written by this package, naming the secret and never its value
     text = str(exc)
     if "Invalid connection string" in text or "connection string" in text.lower():
         return f"{type(exc).__name__}: the stored connection is not a valid URI"
@@ -233,7 +237,7 @@ def _raw_sources(other: Any | None, backend: Any | None = None) -> list[tuple[st
         names = ", ".join(v for k, v in layout.items() if k != "config_prefix")
         from airflow_sm_refs.backend import StoredOnly
 
-        sources.append((f"Secrets Manager ({names})", StoredOnly(backend)))
+        sources.append((f"Secrets Manager ({names})", StoredOnly(backend, explain=True)))
     if other is not None:
         sources.append((type(other).__name__, other))
     sources.append(("environment variables", EnvironmentVariablesBackend()))
@@ -368,7 +372,7 @@ def _find_variable(key: str, sources: list[tuple[str, Any]]) -> tuple[str | None
         try:
             value = source.get_variable(key)
         except Exception as exc:
-            problems.append(f"{name} not readable ({type(exc).__name__})")
+            problems.append(f"{name} not readable ({_safe_reason(exc)})")
             continue
         if value is not None:
             return value, problems

@@ -169,6 +169,8 @@ class StoredSecrets:
         self._options = options
         self._payload = payload
         self._own_region = own_region
+        #: why the last lookup of a secret id answered nothing although it may be stored (for ``check``)
+        self.why_not: dict[str, str] = {}
 
     @property
     def enabled(self) -> dict[str, bool]:
@@ -211,6 +213,8 @@ class StoredSecrets:
         from airflow_sm_refs._compat import call_backend
 
         provider = self.provider
+        secret_id = self.secret_id(kind, key) or key
+        self.why_not.pop(secret_id, None)
         try:
             if kind == "connection":
                 if conn_class is not None:
@@ -220,21 +224,10 @@ class StoredSecrets:
                 return call_backend(provider, "get_variable", key, team_name)
             return provider.get_config(key)
         except SecretReferenceError as exc:
-            log.warning(
-                "%s %r: reading the stored secret %r failed (%s); asking the next backend, as the Amazon "
-                "provider's backend does",
-                kind,
-                key,
-                self.secret_id(kind, key),
-                exc.detail if hasattr(exc, "detail") else type(exc).__name__,
-            )
+            why = f"reading {secret_id} failed: {' '.join(exc.detail.split())}"
+            log.warning("%s %r: %s; asking the next backend, as the Amazon provider's backend does", kind, key, why)
         except Exception as exc:  # noqa: BLE001 - the provider's own parsing: its error text may quote the secret
-            log.warning(
-                "%s %r: the stored secret %r could not be read as the Amazon provider reads it (%s); asking the "
-                "next backend, as that backend does",
-                kind,
-                key,
-                self.secret_id(kind, key),
-                type(exc).__name__,
-            )
+            why = f"{secret_id} could not be read as the Amazon provider reads it ({type(exc).__name__})"
+            log.warning("%s %r: %s; asking the next backend, as that backend does", kind, key, why)
+        self.why_not[secret_id] = why
         return None

@@ -323,6 +323,13 @@ class TestCommands:
         for run in (ok, missing):
             assert not stored.leaked_in(run.stdout + run.stderr)
 
+    def test_check_says_why_a_stored_secret_gave_nothing(self, stored: AwsStandIn) -> None:
+        stored.client().create_secret(Name="airflow/connections/bad_json", SecretString='{"password": "pw-1c2d3e4f", ')
+        run = self._run(stored, "check", "bad_json")
+        assert run.returncode == 1
+        assert "airflow/connections/bad_json could not be read as the Amazon provider reads it (JSONDecodeError)" in run.stdout
+        assert "pw-1c2d3e4f" not in run.stdout + run.stderr
+
     def test_iam_policy_grants_the_prefixes(self, stored: AwsStandIn) -> None:
         run = self._run(stored, "iam-policy", "with_ref", "--account-id", "123456789012")
         assert run.returncode == 0, run.stderr[-2000:]
