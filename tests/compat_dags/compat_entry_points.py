@@ -15,8 +15,6 @@ No value is ever written: only hashes, compared with the ones in ``COMPAT_EXPECT
 
 from __future__ import annotations
 
-import airflow
-
 import json
 import os
 import subprocess
@@ -26,26 +24,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-try:  # Airflow 3.1+
-    from airflow.sdk import BaseHook
-except ImportError:  # 2.x, 3.0
-    from airflow.hooks.base import BaseHook  # type: ignore[no-redef]
-try:  # Airflow 3
-    from airflow.sdk import DAG, BaseOperator, task
-except ImportError:  # 2.x
-    from airflow.decorators import task  # type: ignore[no-redef]
-    from airflow.models.baseoperator import BaseOperator  # type: ignore[no-redef]
-    from airflow.models.dag import DAG  # type: ignore[no-redef]
-try:  # Airflow 3
-    from airflow.providers.standard.operators.python import PythonOperator
-except ImportError:  # 2.x
-    from airflow.operators.python import PythonOperator  # type: ignore[no-redef]
-
+from tests.airflow_names import ASYNC_TASKS, DAG, BaseHook, BaseOperator, PythonOperator, task
 from tests.compat_triggers import raw_fields, record_raw, sha256
-
-#: whether this line's PythonOperator (and so ``@task``) awaits an ``async def`` callable
-#: (3.1's common.compat provider has ``aexecute`` too, but raises "Async operators require Airflow 3.2+")
-ASYNC_TASKS = hasattr(PythonOperator, "aexecute") and tuple(int(p) for p in airflow.__version__.split(".")[:2]) >= (3, 2)
 
 
 def _probe_dir() -> Path:
@@ -123,10 +103,7 @@ with DAG(
 CHILD_SCRIPT = """
 import sys
 from pathlib import Path
-try:
-    from airflow.sdk import BaseHook
-except ImportError:
-    from airflow.hooks.base import BaseHook
+from tests.airflow_names import BaseHook
 from tests.compat_triggers import raw_fields, record_raw, sha256
 probe_dir, who, conn_id = sys.argv[1:4]
 conn = BaseHook.get_connection(conn_id)

@@ -11,15 +11,7 @@ from __future__ import annotations
 import os
 from datetime import datetime
 
-try:  # Airflow 3.1+
-    from airflow.sdk import BaseHook
-except ImportError:  # 2.x, 3.0
-    from airflow.hooks.base import BaseHook  # type: ignore[no-redef]
-try:  # Airflow 3
-    from airflow.sdk import DAG
-except ImportError:  # 2.x
-    from airflow.models.dag import DAG  # type: ignore[no-redef]
-
+from tests.airflow_names import DAG, BaseHook
 from tests.compat_triggers import raw_fields, record_raw
 
 CONN = BaseHook.get_connection("compat_meta")  # at parse time: must raise

@@ -14,20 +14,7 @@ import os
 from datetime import datetime
 from typing import Any
 
-try:  # Airflow 3.1+
-    from airflow.sdk import BaseHook
-except ImportError:  # 2.x, 3.0
-    from airflow.hooks.base import BaseHook  # type: ignore[no-redef]
-try:  # Airflow 3
-    from airflow.sdk import DAG, BaseOperator
-except ImportError:  # 2.x
-    from airflow.models.baseoperator import BaseOperator  # type: ignore[no-redef]
-    from airflow.models.dag import DAG  # type: ignore[no-redef]
-try:  # Airflow 3
-    from airflow.providers.standard.operators.python import PythonOperator
-except ImportError:  # 2.x
-    from airflow.operators.python import PythonOperator  # type: ignore[no-redef]
-
+from tests.airflow_names import DAG, BaseHook, BaseOperator, PythonOperator
 from tests.compat_triggers import ConnectionLookupTrigger, raw_fields, record_raw, sha256
 
 DAG_ID = "compat_refs"

@@ -24,20 +24,7 @@ import os
 from datetime import datetime
 from typing import Any
 
-try:  # Airflow 3.1+
-    from airflow.sdk import BaseHook, Variable
-except ImportError:  # 2.x, 3.0
-    from airflow.hooks.base import BaseHook  # type: ignore[no-redef]
-    from airflow.models import Variable  # type: ignore[no-redef]
-try:  # Airflow 3
-    from airflow.sdk import DAG
-except ImportError:  # 2.x
-    from airflow.models.dag import DAG  # type: ignore[no-redef]
-try:  # Airflow 3
-    from airflow.providers.standard.operators.python import PythonOperator
-except ImportError:  # 2.x
-    from airflow.operators.python import PythonOperator  # type: ignore[no-redef]
-
+from tests.airflow_names import DAG, BaseHook, PythonOperator, Variable
 from tests.compat_triggers import RAW_MARKERS, raw_fields, sha256
 
 DAG_ID = "stored_secrets"
