@@ -64,6 +64,10 @@ def hanging(seconds: float) -> InjectedFault:
     return InjectedFault(0, "", kind="hang", delay=seconds)
 
 
+#: the actions that read a secret, counted by the secret id asked as well
+_SECRET_READS = ("GetSecretValue", "BatchGetSecretValue", "DescribeSecret")
+
+
 class _ProxyHandler(BaseHTTPRequestHandler):
     server: _ProxyServer
     protocol_version = "HTTP/1.1"
@@ -85,6 +89,8 @@ class _ProxyHandler(BaseHTTPRequestHandler):
                 action = form["Action"][0]
         credential = re.search(r"Credential=([^/,\s]+)/", self.headers.get("Authorization", ""))
         fault = self.server.stand_in._record(action, credential.group(1) if credential else None)
+        if action in _SECRET_READS:
+            self.server.stand_in._record_secret_ids(body)
         if fault is not None and fault.kind == "drop":
             self.close_connection = True
             try:
@@ -144,6 +150,7 @@ class AwsStandIn:
         self._denied_keys: set[str] = set()
         self._served: set[str] = set()
         self._keys: collections.defaultdict[str, set[str]] = collections.defaultdict(set)
+        self._secret_reads: collections.Counter[str] = collections.Counter()
         self._moto = None
         self._proxy: _ProxyServer | None = None
         self._tls: _ProxyServer | None = None
@@ -265,6 +272,7 @@ class AwsStandIn:
             self._denied_keys.clear()
             self._served.clear()
             self._keys.clear()
+            self._secret_reads.clear()
 
     # what was served -----------------------------------------------------
     def _remember_served(self, body: bytes) -> None:
@@ -348,6 +356,17 @@ class AwsStandIn:
                 return self._faults.popleft()
             return self._fail_all
 
+    def _record_secret_ids(self, body: bytes) -> None:
+        try:
+            request = json.loads(body or b"{}")
+        except ValueError:
+            request = {}
+        if not isinstance(request, dict):
+            return
+        ids = [request["SecretId"]] if "SecretId" in request else list(request.get("SecretIdList") or [])
+        with self._lock:
+            self._secret_reads.update(str(i) for i in ids)
+
     def calls(self, action: str = "GetSecretValue") -> int:
         """How many requests for ``action`` reached the stand-in (including failed ones)."""
         with self._lock:
@@ -363,11 +382,17 @@ class AwsStandIn:
         with self._lock:
             return frozenset(self._keys[action])
 
+    def secret_reads(self) -> dict[str, int]:
+        """Secret reads (``GetSecretValue``, ``BatchGetSecretValue``, ``DescribeSecret``) by the id asked, as spelt."""
+        with self._lock:
+            return dict(self._secret_reads)
+
     def reset_counts(self) -> None:
         """Zero the counters, keeping moto's data."""
         with self._lock:
             self._calls.clear()
             self._keys.clear()
+            self._secret_reads.clear()
 
     # faults --------------------------------------------------------------
     def fail_next(self, fault: InjectedFault, times: int = 1) -> None:

@@ -10,6 +10,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 # Before anything imports airflow: a private AIRFLOW_HOME and fake AWS credentials.
@@ -56,6 +57,22 @@ def aws_server() -> Iterator[AwsStandIn]:
     """One moto server (behind a counting proxy) for the whole session."""
     with AwsStandIn() as stand_in:
         yield stand_in
+
+
+def import_dag_file(airflow_home: Path, dag_file: Path, module_name: str) -> ModuleType:
+    """Copy ``dag_file`` into the dags folder (``dag.test()`` parses the DAG from there) and import it from there."""
+    import importlib.util
+    import shutil
+
+    dags = airflow_home / "dags"
+    dags.mkdir(exist_ok=True)
+    path = dags / dag_file.name
+    shutil.copy(dag_file, path)
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def reset_airflow_secrets_cache() -> None:

@@ -2,9 +2,9 @@
 
 ``[secrets] backend = airflow_sm_refs.backend.SecretsManagerBackend`` with the Amazon provider's
 defaults, nothing in the metastore: the connections and Variables of
-tests/compat_dags/stored_secrets.py are stored whole in Secrets Manager (the stand-in, behind a
-proxy counting reads per secret id), and ``aws_default`` is stored nowhere. One Airflow start and
-one run; its two tasks are separate task processes sharing the worker's cache.
+tests/compat_dags/stored_secrets.py are stored whole in Secrets Manager (the stand-in, which
+counts reads per secret id), and ``aws_default`` is stored nowhere. One Airflow start and one run;
+its two tasks are separate task processes sharing the worker's cache.
 
 Newest line only: every line runs the same DAG with ``dag.test()`` in
 tests/test_stored_secrets_dag_test.py; an Airflow start costs more than that on each older line,
@@ -33,7 +33,6 @@ from tests.stored_secrets_data import (
     BROKEN_REFERENCE,
     EXPECTED_SHA256,
     PLAINTEXTS,
-    SecretReads,
     seed,
 )
 from tests.test_compat_standalone import messages
@@ -79,30 +78,30 @@ def stored_run(aws_server: AwsStandIn, tmp_path_factory: pytest.TempPathFactory)
     dags.mkdir()
     shutil.copy(DAG_FILE, dags / DAG_FILE.name)
     cache_dir = root / "worker-cache"
-    with SecretReads(aws.endpoint_url) as reads:
-        # The provider's defaults (connections_prefix airflow/connections, ...): none given.
-        kwargs = {"region_name": "us-east-1", "endpoint_url": reads.endpoint_url, "shared_cache_dir": str(cache_dir)}
-        config = {("secrets", "backend"): BACKEND, ("secrets", "backend_kwargs"): json.dumps(kwargs)}
-        env = {
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "STORED_EXPECTED_SHA256": json.dumps(EXPECTED_SHA256),
-            "STORED_MASK_PROBE": "1",
-        }
-        with AirflowStandalone(home=root / "home", dags_folder=dags, config=config, env=env, triggerer=False) as af:
-            af.wait_ready(timeout=300)
-            ready = time.monotonic() - t0
-            run_id = af.trigger(DAG_ID, timeout=180)
-            state = af.wait_for_run(DAG_ID, run_id, timeout=300)
-            run = StoredRun(af=af, aws=aws, state=state, states=af.task_states(DAG_ID, run_id), reads=reads.counts())
-            run.log_files = af.task_log_files(DAG_ID, run_id)
-            for path in run.log_files:
-                task_id = next(p.split("=", 1)[1] for p in path.parts if p.startswith("task_id="))
-                run.logs[task_id] = run.logs.get(task_id, "") + path.read_text(errors="replace")
-            took = time.monotonic() - t0 - ready
-            print(f"\nSTORED STANDALONE Airflow {af.line.version}: ready {ready:.1f} s, run {took:.1f} s")
-            yield run
+    aws.reset_counts()  # reads are counted from the Airflow start on
+    # The provider's defaults (connections_prefix airflow/connections, ...): none given.
+    kwargs = {"region_name": "us-east-1", "endpoint_url": aws.endpoint_url, "shared_cache_dir": str(cache_dir)}
+    config = {("secrets", "backend"): BACKEND, ("secrets", "backend_kwargs"): json.dumps(kwargs)}
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "STORED_EXPECTED_SHA256": json.dumps(EXPECTED_SHA256),
+        "STORED_MASK_PROBE": "1",
+    }
+    with AirflowStandalone(home=root / "home", dags_folder=dags, config=config, env=env, triggerer=False) as af:
+        af.wait_ready(timeout=300)
+        ready = time.monotonic() - t0
+        run_id = af.trigger(DAG_ID, timeout=180)
+        state = af.wait_for_run(DAG_ID, run_id, timeout=300)
+        run = StoredRun(af=af, aws=aws, state=state, states=af.task_states(DAG_ID, run_id), reads=aws.secret_reads())
+        run.log_files = af.task_log_files(DAG_ID, run_id)
+        for path in run.log_files:
+            task_id = next(p.split("=", 1)[1] for p in path.parts if p.startswith("task_id="))
+            run.logs[task_id] = run.logs.get(task_id, "") + path.read_text(errors="replace")
+        took = time.monotonic() - t0 - ready
+        print(f"\nSTORED STANDALONE Airflow {af.line.version}: ready {ready:.1f} s, run {took:.1f} s")
+        yield run
 
 
 def test_stored_connection_and_variables_arrive_resolved_in_the_task(stored_run: StoredRun) -> None:

@@ -8,10 +8,8 @@ so the child reads the same ``airflow.cfg`` and sqlite file).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -21,7 +19,7 @@ from typing import Any
 import pytest
 
 from standins.aws import AwsStandIn
-from tests.conftest import configure_backend, set_conn
+from tests.conftest import configure_backend, import_dag_file, set_conn
 
 pytestmark = pytest.mark.compat
 
@@ -39,14 +37,7 @@ def check_supports_all() -> bool:
 
 @pytest.fixture
 def check_dag(metastore: Path) -> Any:
-    dags = metastore / "dags"
-    dags.mkdir(exist_ok=True)
-    shutil.copy(DAG_FILE, dags / DAG_FILE.name)
-    spec = importlib.util.spec_from_file_location("sm_refs_check", dags / DAG_FILE.name)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.dag
+    return import_dag_file(metastore, DAG_FILE, "sm_refs_check").dag
 
 
 @pytest.fixture

@@ -10,18 +10,16 @@ Airflow starting its in-process Execution API and running each task).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from standins.aws import AwsStandIn
-from tests.conftest import reset_airflow_secrets_cache
-from tests.stored_secrets_data import ASKED, BACKEND, BROKEN_REFERENCE, EXPECTED_SHA256, PLAINTEXTS, SecretReads, seed
+from tests.conftest import import_dag_file, reset_airflow_secrets_cache
+from tests.stored_secrets_data import ASKED, BACKEND, BROKEN_REFERENCE, EXPECTED_SHA256, PLAINTEXTS, seed
 
 pytestmark = pytest.mark.compat
 
@@ -75,13 +73,7 @@ def test_stored_connection_and_variables_resolve_and_a_broken_reference_fails_th
     seed(aws.client())
     capsys.readouterr()  # the seeding's own output (botocore's debug lines show what it wrote)
     caplog.clear()
-    dags = metastore / "dags"
-    dags.mkdir(exist_ok=True)
-    shutil.copy(DAG_FILE, dags / DAG_FILE.name)
-    spec = importlib.util.spec_from_file_location("stored_secrets", dags / DAG_FILE.name)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = import_dag_file(metastore, DAG_FILE, "stored_secrets")
     raised: list[str] = []
     render = SecretReferenceError._render
 
@@ -92,21 +84,21 @@ def test_stored_connection_and_variables_resolve_and_a_broken_reference_fails_th
     monkeypatch.setattr(SecretReferenceError, "_render", recording_render)
 
     escaped: SecretLookupAborted | None = None
-    with SecretReads(aws.endpoint_url) as reads:
-        kwargs = {"region_name": "us-east-1", "endpoint_url": reads.endpoint_url}
-        kwargs["shared_cache_dir"] = str(tmp_path / "cache")
-        monkeypatch.setenv("AIRFLOW__SECRETS__BACKEND", BACKEND)
-        monkeypatch.setenv("AIRFLOW__SECRETS__BACKEND_KWARGS", json.dumps(kwargs))
-        monkeypatch.setenv("STORED_EXPECTED_SHA256", json.dumps(EXPECTED_SHA256))
-        reset_airflow_secrets_cache()
-        try:
-            module.dag.test()
-        except SecretLookupAborted as exc:
-            # Airflow 2's dag.test() catches Exception only: the lookup's BaseException (no
-            # authoritative deny there) leaves it once the task is marked failed, where the
-            # `airflow tasks run` of a real worker exits failed. The broken task runs last.
-            escaped = exc
-        counts = reads.counts()
+    kwargs = {"region_name": "us-east-1", "endpoint_url": aws.endpoint_url}
+    kwargs["shared_cache_dir"] = str(tmp_path / "cache")
+    monkeypatch.setenv("AIRFLOW__SECRETS__BACKEND", BACKEND)
+    monkeypatch.setenv("AIRFLOW__SECRETS__BACKEND_KWARGS", json.dumps(kwargs))
+    monkeypatch.setenv("STORED_EXPECTED_SHA256", json.dumps(EXPECTED_SHA256))
+    reset_airflow_secrets_cache()
+    aws.reset_counts()
+    try:
+        module.dag.test()
+    except SecretLookupAborted as exc:
+        # Airflow 2's dag.test() catches Exception only: the lookup's BaseException (no
+        # authoritative deny there) leaves it once the task is marked failed, where the
+        # `airflow tasks run` of a real worker exits failed. The broken task runs last.
+        escaped = exc
+    counts = aws.secret_reads()
     out = capsys.readouterr()
     records = [r for r in caplog.records if not r.name.startswith(("botocore", "boto3", "urllib3"))]
     logged = [r.getMessage() for r in records]
