@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from standins.aws import AwsStandIn
-from tests.worker_proc import REPO, digest
+from tests.worker_proc import Barrier, WarmParent, apply_env, digest, fork_task, read_results, serve, write_result
 
 if TYPE_CHECKING:
     from tests.conftest import FakeClock
@@ -122,94 +120,44 @@ def _look_up(kind: str, key: str) -> dict[str, Any]:
     return outcome
 
 
-def _task_process(env: Mapping[str, str | None]) -> dict[str, Any]:
-    """Apply the task's environment (after the fork, as a task's configuration), then look everything up."""
-    for name, value in env.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
+def _task_process(env: Mapping[str, str | None], result_path: str, barrier: Barrier | None) -> None:
+    """Wait to be released (if held); apply the task's environment (after the fork, as a task's
+    configuration), then look everything up."""
+    if barrier is not None:
+        barrier.wait()
+    apply_env(env)
     from airflow_sm_refs._compat import reset_secrets_chain
 
     reset_secrets_chain()
     started = time.time()
     lookups = [_look_up(kind, key) for kind, key in LOOKUPS]
-    return {"pid": os.getpid(), "start": started, "end": time.time(), "lookups": lookups}
-
-
-def _fork_task(
-    i: int, env: Mapping[str, str | None], results_dir: str, gate: tuple[int, int, int, int] | None
-) -> int:
-    """Fork task process ``i``; with a ``gate`` (two pipes: ready, go) it says ready and waits to be released."""
-    pid = os.fork()
-    if pid:
-        return pid
-    status = 0
-    try:
-        if gate is not None:
-            ready_r, ready_w, go_r, go_w = gate
-            os.close(ready_r)
-            os.close(go_w)
-            os.write(ready_w, b".")
-            os.close(ready_w)
-            os.read(go_r, 1)  # returns at EOF: when the parent closes the write end, all go at once
-        result = _task_process(env)
-        path = os.path.join(results_dir, f"{i}.json")
-        with open(path + ".part", "w") as f:
-            json.dump(result, f)
-        os.replace(path + ".part", path)
-    except BaseException:  # noqa: BLE001
-        import traceback
-
-        traceback.print_exc()
-        status = 1
-    finally:
-        sys.stderr.flush()
-        os._exit(status)
+    write_result(result_path, {"pid": os.getpid(), "start": started, "end": time.time(), "lookups": lookups})
 
 
 def _run_burst(n: int, env: Mapping[str, str | None], concurrency: int) -> dict[str, Any]:
     """``n`` task processes; at most ``concurrency`` at a time, all released together if that is ``n``."""
     results_dir = tempfile.mkdtemp(prefix="burst-results-")
+    paths = [os.path.join(results_dir, f"{i}.json") for i in range(n)]
     if concurrency >= n:
-        ready_r, ready_w = os.pipe()
-        go_r, go_w = os.pipe()
-        pids = [_fork_task(i, env, results_dir, (ready_r, ready_w, go_r, go_w)) for i in range(n)]
-        os.close(ready_w)
-        os.close(go_r)
-        ready = 0
-        while ready < n:
-            chunk = os.read(ready_r, n)
-            if not chunk:
-                break
-            ready += len(chunk)
-        os.close(ready_r)
+        barrier = Barrier()
+        pids = [fork_task(_task_process, env, path, barrier) for path in paths]
+        barrier.wait_ready(n)
         started = time.time()
-        os.close(go_w)  # the barrier: every task process starts its lookups now
+        barrier.release()  # every task process starts its lookups now
         for pid in pids:
             os.waitpid(pid, 0)
     else:
         # As a worker with ``concurrency`` slots: the next task starts as soon as one ends.
         started = time.time()
         running: set[int] = set()
-        for i in range(n):
+        for path in paths:
             if len(running) >= concurrency:
                 running.discard(os.wait()[0])
-            running.add(_fork_task(i, env, results_dir, None))
+            running.add(fork_task(_task_process, env, path, None))
         for pid in running:
             os.waitpid(pid, 0)
     wall = time.time() - started
-    results = []
-    for i in range(n):
-        path = os.path.join(results_dir, f"{i}.json")
-        try:
-            with open(path) as f:
-                results.append(json.load(f))
-            os.unlink(path)
-        except FileNotFoundError:
-            results.append({"pid": None, "lookups": [], "crashed": True})
-    os.rmdir(results_dir)
-    return {"wall": wall, "results": results}
+    return {"wall": wall, "results": read_results(results_dir, n, {"pid": None, "lookups": [], "crashed": True})}
 
 
 def _warm_imports() -> None:
@@ -238,22 +186,6 @@ def _warm_imports() -> None:
     configure_mappers()
 
 
-def serve() -> None:
-    """Answer burst commands (JSON lines on stdin) with their results (JSON lines)."""
-    replies = os.fdopen(os.dup(1), "w", buffering=1)
-    os.dup2(2, 1)  # anything printed (Airflow's logs) goes to stderr, not into the replies
-    _warm_imports()
-    replies.write(json.dumps({"ready": True}) + "\n")
-    for line in sys.stdin:
-        if line.strip():
-            command = json.loads(line)
-            replies.write(json.dumps(_run_burst(command["n"], command["env"], command["concurrency"])) + "\n")
-    # Nothing is left to flush or wait for: skip Airflow's exit handlers (seconds, at each test run's end).
-    replies.close()
-    sys.stderr.flush()
-    os._exit(0)
-
-
 # --- the test side -------------------------------------------------------------
 @dataclass
 class Burst:
@@ -273,74 +205,22 @@ class Burst:
         return any(later_start < end for (_, end), (later_start, _) in zip(spans, spans[1:]))
 
 
-class TaskBursts:
+class TaskBursts(WarmParent):
     """A warm parent that forks bursts of task processes, each looking up :data:`LOOKUPS`, as a worker does.
 
     :param log_path: where the parent's and task processes' stderr (Airflow's logs) go
     """
 
     def __init__(self, log_path: str | os.PathLike[str]) -> None:
-        self.log_path = Path(log_path)
-        self._proc: subprocess.Popen[str] | None = None
-
-    def start(self, timeout: float = 120.0) -> TaskBursts:
-        """Start the parent and wait until it has imported Airflow."""
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
-        env.pop("AIRFLOW__SECRETS__BACKEND", None)
-        env.pop("AIRFLOW__SECRETS__BACKEND_KWARGS", None)
-        with open(self.log_path, "ab") as log_file:
-            self._proc = subprocess.Popen(
-                [sys.executable, "-u", "-m", "tests.test_stored_burst", "serve"],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=log_file,
-                env=env,
-                cwd=REPO,
-                text=True,
-            )
-        if self._reply(timeout) != {"ready": True}:
-            raise RuntimeError(f"task process parent did not start; see {self.log_path}")
-        return self
+        super().__init__(["-m", "tests.test_stored_burst", "serve"], log_path)
 
     def run(
         self, n: int, env: Mapping[str, str | None], *, concurrency: int | None = None, timeout: float = 300.0
     ) -> Burst:
         """``n`` task processes with ``env``: all released together, or ``concurrency`` at a time."""
-        assert self._proc is not None and self._proc.stdin is not None, "start() first"
         command = {"n": n, "env": dict(env), "concurrency": n if concurrency is None else concurrency}
-        self._proc.stdin.write(json.dumps(command) + "\n")
-        self._proc.stdin.flush()
-        reply = self._reply(timeout)
+        reply = self.ask(command, timeout)
         return Burst(wall=reply["wall"], results=reply["results"])
-
-    def _reply(self, timeout: float) -> Any:
-        assert self._proc is not None and self._proc.stdout is not None
-        ready, _, _ = select.select([self._proc.stdout], [], [], timeout)
-        line = self._proc.stdout.readline() if ready else ""
-        if not line:
-            raise RuntimeError(f"no reply from the task process parent; see {self.log_path}")
-        return json.loads(line)
-
-    def stop(self) -> None:
-        """Stop the parent."""
-        if self._proc is None:
-            return
-        assert self._proc.stdin is not None and self._proc.stdout is not None
-        self._proc.stdin.close()
-        try:
-            self._proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
-        self._proc.stdout.close()
-        self._proc = None
-
-    def __enter__(self) -> TaskBursts:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 @pytest.fixture(scope="module")
@@ -516,4 +396,7 @@ class TestMissingWindow:
 if __name__ == "__main__":
     if sys.argv[1:] != ["serve"]:
         sys.exit("usage: python -m tests.test_stored_burst serve")
-    serve()
+    serve(lambda command: _run_burst(command["n"], command["env"], command["concurrency"]), _warm_imports)
+    # Nothing is left to flush or wait for: skip Airflow's exit handlers (seconds, at each test run's end).
+    sys.stderr.flush()
+    os._exit(0)

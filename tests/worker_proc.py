@@ -24,9 +24,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 REPO = Path(__file__).resolve().parent.parent
 _PLUGIN_LOGGER = "airflow_sm_refs"
@@ -47,7 +47,8 @@ class _Capture(logging.Handler):
         self.lines.append([record.levelname, record.getMessage()])
 
 
-def _apply_env(env: Mapping[str, str | None]) -> None:
+def apply_env(env: Mapping[str, str | None]) -> None:
+    """Set (or, for ``None``, unset) each variable: a task's configuration, applied after the fork."""
     for name, value in env.items():
         if value is None:
             os.environ.pop(name, None)
@@ -71,7 +72,7 @@ def _lookup(conn_id: str, field: str, capture: _Capture) -> dict[str, Any]:
 
 
 def _prepare(env: Mapping[str, str | None]) -> _Capture:
-    _apply_env(env)
+    apply_env(env)
     capture = _Capture()
     logger = logging.getLogger(_PLUGIN_LOGGER)
     logger.addHandler(capture)
@@ -79,55 +80,79 @@ def _prepare(env: Mapping[str, str | None]) -> _Capture:
     return capture
 
 
-def _write_result(path: str, result: dict[str, Any]) -> None:
+def write_result(path: str, result: dict[str, Any]) -> None:
+    """Write a task process's result whole, or not at all (a reader never sees half of it)."""
     with open(path + ".part", "w") as f:
         json.dump(result, f)
     os.replace(path + ".part", path)
 
 
-def _task_process(command: dict[str, Any], ready_w: int, go_r: int, result_path: str) -> None:
+def _task_process(command: dict[str, Any], barrier: Barrier, result_path: str) -> None:
     capture = _prepare(command["env"])
-    os.write(ready_w, b".")
-    os.close(ready_w)
-    os.read(go_r, 1)  # returns at EOF: when the parent closes the write end, all go at once
-    _write_result(result_path, _lookup(command["conn_id"], command["field"], capture))
+    barrier.wait()
+    write_result(result_path, _lookup(command["conn_id"], command["field"], capture))
 
 
-def _run_batch(command: dict[str, Any]) -> list[dict[str, Any]]:
-    n = int(command["n"])
-    results_dir = tempfile.mkdtemp(prefix="task-results-")
-    ready_r, ready_w = os.pipe()
-    go_r, go_w = os.pipe()
-    pids = []
-    for i in range(n):
-        pid = os.fork()
-        if pid == 0:  # the task process
-            status = 0
-            try:
-                os.close(ready_r)
-                os.close(go_w)
-                _task_process(command, ready_w, go_r, os.path.join(results_dir, f"{i}.json"))
-            except BaseException:  # noqa: BLE001
-                import traceback
+# --- in the warm parent ------------------------------------------------------
+class Barrier:
+    """Holds forked task processes until every one is ready, then lets them all go at once.
 
-                traceback.print_exc()
-                status = 1
-            finally:
-                sys.stderr.flush()
-                os._exit(status)
-        pids.append(pid)
-    os.close(ready_w)
-    os.close(go_r)
-    ready = 0
-    while ready < n:
-        chunk = os.read(ready_r, n)
-        if not chunk:
-            break
-        ready += len(chunk)
-    os.close(ready_r)
-    os.close(go_w)  # the barrier: every task process starts its lookup now
-    for pid in pids:
-        os.waitpid(pid, 0)
+    Two pipes, made before the forks: each task process writes a byte to the first to say it is
+    ready, then reads the second, which returns (at EOF) once the parent closes its write end.
+    """
+
+    def __init__(self) -> None:
+        self._ready_r, self._ready_w = os.pipe()
+        self._go_r, self._go_w = os.pipe()
+
+    def wait(self) -> None:
+        """In a task process: say ready, and return when released."""
+        os.close(self._ready_r)
+        os.close(self._go_w)
+        os.write(self._ready_w, b".")
+        os.close(self._ready_w)
+        os.read(self._go_r, 1)  # returns at EOF: when the parent closes the write end, all go at once
+
+    def wait_ready(self, n: int) -> None:
+        """In the parent, once the ``n`` task processes are forked: wait until each is ready (or gone)."""
+        os.close(self._ready_w)
+        os.close(self._go_r)
+        ready = 0
+        while ready < n:
+            chunk = os.read(self._ready_r, n)
+            if not chunk:
+                break
+            ready += len(chunk)
+        os.close(self._ready_r)
+
+    def release(self) -> None:
+        """In the parent: every task process goes on now."""
+        os.close(self._go_w)
+
+
+def fork_task(work: Callable[..., None], *args: Any) -> int:
+    """Fork a task process that runs ``work(*args)`` and exits, skipping the parent's exit handlers.
+
+    :return: the task process's pid (in the parent; the task process never returns)
+    """
+    pid = os.fork()
+    if pid:
+        return pid
+    status = 0
+    try:
+        work(*args)
+    except BaseException:  # noqa: BLE001
+        import traceback
+
+        traceback.print_exc()
+        status = 1
+    finally:
+        sys.stderr.flush()
+        os._exit(status)
+
+
+def read_results(results_dir: str, n: int, crashed: dict[str, Any]) -> list[dict[str, Any]]:
+    """What task processes ``0`` to ``n - 1`` wrote (``crashed`` for one that wrote nothing), then remove the folder."""
     results = []
     for i in range(n):
         path = os.path.join(results_dir, f"{i}.json")
@@ -136,9 +161,22 @@ def _run_batch(command: dict[str, Any]) -> list[dict[str, Any]]:
                 results.append(json.load(f))
             os.unlink(path)
         except FileNotFoundError:
-            results.append({"ok": False, "error": "Crashed", "message": "task process wrote no result", "log": []})
+            results.append(dict(crashed))
     os.rmdir(results_dir)
     return results
+
+
+def _run_batch(command: dict[str, Any]) -> list[dict[str, Any]]:
+    n = int(command["n"])
+    results_dir = tempfile.mkdtemp(prefix="task-results-")
+    barrier = Barrier()
+    pids = [fork_task(_task_process, command, barrier, os.path.join(results_dir, f"{i}.json")) for i in range(n)]
+    barrier.wait_ready(n)
+    barrier.release()  # every task process starts its lookup now
+    for pid in pids:
+        os.waitpid(pid, 0)
+    crashed = {"ok": False, "error": "Crashed", "message": "task process wrote no result", "log": []}
+    return read_results(results_dir, n, crashed)
 
 
 def _warm_imports() -> None:
@@ -157,15 +195,17 @@ def _warm_imports() -> None:
     from airflow_sm_refs import _aws, backend, expand, fetch, resolver, worker_cache  # noqa: F401
 
 
-def serve() -> None:
-    """Answer batch commands (JSON lines on stdin) with their results (JSON lines)."""
+def serve(handle: Callable[[dict[str, Any]], Any], warm: Callable[[], None]) -> None:
+    """Be a warm parent: ``warm()``, say ready, then answer each command (a JSON line on stdin)
+    with what ``handle`` returns for it (a JSON line on stdout), until stdin ends."""
     replies = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # anything printed (Airflow's logs) goes to stderr, not into the replies
-    _warm_imports()
+    warm()
     replies.write(json.dumps({"ready": True}) + "\n")
     for line in sys.stdin:
         if line.strip():
-            replies.write(json.dumps(_run_batch(json.loads(line))) + "\n")
+            replies.write(json.dumps(handle(json.loads(line))) + "\n")
+    replies.close()
 
 
 def lookup_once(command: dict[str, Any]) -> None:
@@ -175,7 +215,7 @@ def lookup_once(command: dict[str, Any]) -> None:
     Path(command["ready_file"]).touch()
     while not os.path.exists(command["go_file"]):
         time.sleep(0.002)
-    _write_result(command["result_file"], _lookup(command["conn_id"], command["field"], capture))
+    write_result(command["result_file"], _lookup(command["conn_id"], command["field"], capture))
 
 
 # --- the test side -----------------------------------------------------------
@@ -187,23 +227,30 @@ def _base_env(env: Mapping[str, str] | None) -> dict[str, str]:
     return base
 
 
-class TaskProcesses:
-    """A warm parent that forks task processes on demand, as an Airflow worker does.
+_Parent = TypeVar("_Parent", bound="WarmParent")
 
+
+class WarmParent:
+    """A process that imports what a worker has, then answers commands as :func:`serve` does.
+
+    :param args: what its interpreter runs (a script or ``-m`` and a module, and their arguments)
     :param log_path: where the parent's and task processes' stderr (Airflow's logs) go
     :param env: the parent's environment (default: this process's)
     """
 
-    def __init__(self, log_path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, args: Sequence[str], log_path: str | os.PathLike[str], env: Mapping[str, str] | None = None
+    ) -> None:
         self.log_path = Path(log_path)
+        self._args = list(args)
         self._env = _base_env(env)
         self._proc: subprocess.Popen[str] | None = None
 
-    def start(self, timeout: float = 120.0) -> TaskProcesses:
+    def start(self: _Parent, timeout: float = 120.0) -> _Parent:
         """Start the parent and wait until it has imported Airflow."""
         with open(self.log_path, "ab") as log_file:
             self._proc = subprocess.Popen(
-                [sys.executable, "-u", str(Path(__file__).resolve()), "serve"],
+                [sys.executable, "-u", *self._args],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=log_file,
@@ -213,21 +260,12 @@ class TaskProcesses:
             )
         reply = self._reply(timeout)
         if reply != {"ready": True}:
-            raise RuntimeError(f"task process parent did not start: {reply!r}")
+            raise RuntimeError(f"task process parent did not start: {reply!r}; see {self.log_path}")
         return self
 
-    def run(
-        self,
-        n: int,
-        env: Mapping[str, str | None],
-        *,
-        conn_id: str = "db",
-        field: str = "password",
-        timeout: float = 120.0,
-    ) -> list[dict[str, Any]]:
-        """Fork ``n`` task processes with ``env``, start their lookups at once, return their results."""
+    def ask(self, command: dict[str, Any], timeout: float) -> Any:
+        """Send one command and return the parent's reply to it."""
         assert self._proc is not None and self._proc.stdin is not None, "start() first"
-        command = {"n": n, "env": dict(env), "conn_id": conn_id, "field": field}
         self._proc.stdin.write(json.dumps(command) + "\n")
         self._proc.stdin.flush()
         return self._reply(timeout)
@@ -254,11 +292,34 @@ class TaskProcesses:
                 self._proc.stdout.close()
             self._proc = None
 
-    def __enter__(self) -> TaskProcesses:
+    def __enter__(self: _Parent) -> _Parent:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class TaskProcesses(WarmParent):
+    """A warm parent that forks task processes on demand, as an Airflow worker does.
+
+    :param log_path: where the parent's and task processes' stderr (Airflow's logs) go
+    :param env: the parent's environment (default: this process's)
+    """
+
+    def __init__(self, log_path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> None:
+        super().__init__([str(Path(__file__).resolve()), "serve"], log_path, env)
+
+    def run(
+        self,
+        n: int,
+        env: Mapping[str, str | None],
+        *,
+        conn_id: str = "db",
+        field: str = "password",
+        timeout: float = 120.0,
+    ) -> list[dict[str, Any]]:
+        """Fork ``n`` task processes with ``env``, start their lookups at once, return their results."""
+        return self.ask({"n": n, "env": dict(env), "conn_id": conn_id, "field": field}, timeout)
 
 
 def spawn_lookups(
@@ -317,7 +378,7 @@ def spawn_lookups(
 if __name__ == "__main__":
     sys.path.insert(0, str(REPO))
     if sys.argv[1:] == ["serve"]:
-        serve()
+        serve(_run_batch, _warm_imports)
     elif len(sys.argv) == 3 and sys.argv[1] == "lookup":
         lookup_once(json.loads(sys.argv[2]))
     else:
