@@ -415,10 +415,14 @@ class SecretsManagerRefsBackend(BaseSecretsBackend):
             error = BackendOptionError(self.option_error, conn_id=key, field=None if kind == "connection" else "value")
             log.error("%s", error)
             raise self._fail_closed(error, key, kind) from None
-        if self.option_error not in _OPTION_ERRORS_LOGGED:
+        self._log_option_error_once()
+        return True
+
+    def _log_option_error_once(self) -> None:
+        """Log the bad option once per process: Airflow builds backends often, one line each would be a storm."""
+        if self.option_error is not None and self.option_error not in _OPTION_ERRORS_LOGGED:
             _OPTION_ERRORS_LOGGED.add(self.option_error)
             log.error("%s; the backend steps aside in this process until it is fixed", self.option_error)
-        return True
 
     @cached_property
     def resolver(self) -> SecretResolver:
@@ -737,9 +741,7 @@ class SecretsManagerRefsBackend(BaseSecretsBackend):
         """
         if self.option_error is not None:
             # Read by every component while it starts: logged once, never raised from here.
-            if self.option_error not in _OPTION_ERRORS_LOGGED:
-                _OPTION_ERRORS_LOGGED.add(self.option_error)
-                log.error("%s; the backend steps aside in this process until it is fixed", self.option_error)
+            self._log_option_error_once()
             return None
         if not self.stored.enabled["config"]:
             return None
